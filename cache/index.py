@@ -1,0 +1,98 @@
+"""The diskcache index from request key to stored response body.
+
+The index is a convenience: the run records are the source of truth and
+:func:`rebuild_index` recreates it from them alone. diskcache is process-safe
+(SQLite underneath), so several gateways can share one cache dir. Every call
+that touches disk runs in a small thread pool, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import diskcache
+import orjson
+
+from cache.records import ReadReport, read_records, shard_paths
+from cache.runs import list_runs, run_dir
+
+# Records whose response is a fresh upstream answer; hits and coalesced
+# records are copies and add nothing to a rebuild.
+INDEXED_SERVED = frozenset({"miss", "batched"})
+
+
+class ResponseIndex:
+    """Key → response body bytes, stored under ``<cache_dir>/index``."""
+
+    def __init__(self, cache_dir: Path, size_limit: int = 2**40) -> None:
+        # eviction off: losing an entry would mean paying for it again.
+        self._cache = diskcache.Cache(str(cache_dir / "index"), size_limit=size_limit, eviction_policy="none")
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="index")
+
+    def get(self, key: str) -> bytes | None:
+        """The stored body for ``key``, or None (blocking; see :meth:`aget`)."""
+        value = self._cache.get(key)
+        return value if isinstance(value, bytes) else None
+
+    def set(self, key: str, body: bytes) -> None:
+        """Store ``body`` under ``key`` (blocking; see :meth:`aset`)."""
+        self._cache.set(key, body)
+
+    async def aget(self, key: str) -> bytes | None:
+        """:meth:`get` off the event loop."""
+        return await self._off_loop(self.get, key)
+
+    async def aset(self, key: str, body: bytes) -> None:
+        """:meth:`set` off the event loop."""
+        await self._off_loop(self.set, key, body)
+
+    async def _off_loop(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    def __len__(self) -> int:
+        return len(self._cache)
+
+    def clear(self) -> None:
+        """Drop every entry."""
+        self._cache.clear()
+
+    def close(self) -> None:
+        """Finish pending work and close the database."""
+        self._pool.shutdown(wait=True)
+        self._cache.close()
+
+
+def indexable(record: dict[str, Any]) -> bool:
+    """Whether a record carries a fresh, successful, cacheable response."""
+    return (
+        record.get("served") in INDEXED_SERVED
+        and record.get("status") == 200
+        and record.get("cacheable", True)
+        and isinstance(record.get("response"), dict)
+    )
+
+
+def rebuild_index(cache_dir: Path, report: ReadReport | None = None) -> int:
+    """Recreate the index from every run's records; returns the entries written.
+
+    Shards of all runs are read oldest first (their names start with the
+    writer's start time), so a refreshed (``no-cache``) answer replaces the
+    one it refreshed.
+    """
+    shards = [p for run_id in list_runs(cache_dir) for p in shard_paths(run_dir(cache_dir, run_id))]
+    shards.sort(key=lambda p: p.name)
+    index = ResponseIndex(cache_dir)
+    try:
+        index.clear()
+        written = 0
+        for record in read_records(shards, report):
+            if indexable(record):
+                index.set(record["key"], orjson.dumps(record["response"]))
+                written += 1
+        return written
+    finally:
+        index.close()

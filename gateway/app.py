@@ -1,0 +1,88 @@
+"""The aiohttp application: routes, and the resources that live as long as it does."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from functools import partial
+
+import aiohttp
+from aiohttp import web
+
+from cache.index import ResponseIndex
+from cache.records import RecordWriter
+from gateway.config import GatewayConfig
+from gateway.errors import GatewayError
+from gateway.handlers import Handlers
+from gateway.launcher import LaunchedUpstream
+from gateway.pipeline import Pipeline
+from gateway.providers import make_provider
+
+log = logging.getLogger("gateway")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+COMPLETION_ENDPOINTS = ("/v1/completions", "/v1/chat/completions")
+TOKENIZER_ENDPOINTS = {"/tokenizer_info": "GET", "/tokenize": "POST", "/detokenize": "POST"}
+PIPELINE = web.AppKey("pipeline", Pipeline)
+
+
+@web.middleware
+async def openai_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every failure leaves as an OpenAI-style JSON error, never as a bare 500 page."""
+    try:
+        return await handler(request)
+    except GatewayError as exc:
+        return exc.response()
+    except web.HTTPException as exc:
+        code = "not_found" if exc.status == 404 else "http_error"
+        return GatewayError(
+            exc.status, f"{exc.reason}: {request.method} {request.path}", "invalid_request_error", code
+        ).response()
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return GatewayError(500, "internal gateway error", "server_error", "internal").response()
+
+
+def create_app(config: GatewayConfig) -> web.Application:
+    """The gateway for ``config``; upstreams are launched and stores opened on start-up."""
+    app = web.Application(middlewares=[openai_errors], client_max_size=config.max_body_bytes)
+    handlers = Handlers(config)
+    _add_routes(app, handlers)
+    app.cleanup_ctx.append(partial(_resources, config, handlers))
+    return app
+
+
+async def _resources(config: GatewayConfig, handlers: Handlers, app: web.Application):  # type: ignore[no-untyped-def]
+    config.cache_dir.mkdir(parents=True, exist_ok=True)
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
+        json_serialize=None,  # type: ignore[arg-type]
+    )
+    launched = [LaunchedUpstream(m, config.cache_dir / "logs") for m in config.models if m.launch]
+    index = ResponseIndex(config.cache_dir)
+    records = RecordWriter(config.cache_dir, config.records.fsync, config.records.fsync_interval_s)
+    try:
+        for upstream in launched:
+            await upstream.start(session)
+        providers = {m.name: make_provider(m, session) for m in config.models}
+        handlers.pipeline = app[PIPELINE] = Pipeline(index, records, providers)
+        yield
+    finally:
+        for upstream in launched:
+            await upstream.stop()
+        await session.close()
+        records.close()
+        index.close()
+
+
+def _add_routes(app: web.Application, handlers: Handlers) -> None:
+    router = app.router
+    router.add_get("/healthz", handlers.healthz)
+    for prefix in ("", "/runs/{run_id}"):
+        router.add_get(prefix + "/v1/models", handlers.models)
+        for endpoint in COMPLETION_ENDPOINTS:
+            router.add_post(prefix + endpoint, partial(handlers.completion, endpoint))
+        for endpoint, method in TOKENIZER_ENDPOINTS.items():
+            router.add_route(method, prefix + endpoint, partial(handlers.tokenizer, endpoint))
+    router.add_route("*", "/runs/{tail:.*}", handlers.bad_run)

@@ -1,0 +1,141 @@
+"""Gateway configuration: read once from YAML at the edge, passed around as typed objects.
+
+``${VAR}`` and ``${VAR:-default}`` in any string are replaced from the
+environment when the file is read, so a config can name paths and ports
+without hard-coding them. Secrets are never in the file: a model names the
+environment variable that holds its key (``api_key_env``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def replaygate_home() -> Path:
+    """Where set-up keeps venvs, models and the default store."""
+    return Path(os.environ.get("REPLAYGATE_HOME", Path.home() / ".cache" / "replaygate"))
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used; the message says where and why."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LaunchConfig(_Strict):
+    """A command the gateway starts before serving and stops when it stops."""
+
+    command: list[str]
+    env: dict[str, str] = Field(default_factory=dict)
+    ready_timeout_s: float = 600.0
+
+    @field_validator("command", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        return value.split() if isinstance(value, str) else value
+
+
+class ModelConfig(_Strict):
+    """One model as clients name it, and the upstream that answers for it."""
+
+    name: str
+    provider: Literal["openai-compatible"] = "openai-compatible"
+    api_base: str
+    upstream_model: str | None = None
+    api_key_env: str | None = None
+    timeout_s: float = 600.0
+    launch: LaunchConfig | None = None
+
+    @property
+    def target_model(self) -> str:
+        """The model name sent upstream."""
+        return self.upstream_model or self.name
+
+    def api_key(self) -> str | None:
+        """The provider key, read from the environment at call time, never stored."""
+        return os.environ.get(self.api_key_env) if self.api_key_env else None
+
+
+class RecordsConfig(_Strict):
+    """How run records reach the disk (see ``cache.records``)."""
+
+    fsync: Literal["always", "interval", "never"] = "interval"
+    fsync_interval_s: float = 1.0
+
+
+class GatewayConfig(_Strict):
+    """Everything ``gateway serve`` needs."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    cache_dir: Path = Field(default_factory=lambda: replaygate_home() / "store")
+    max_body_bytes: int = 16 * 1024 * 1024
+    records: RecordsConfig = RecordsConfig()
+    models: list[ModelConfig] = Field(min_length=1)
+
+    @field_validator("models")
+    @classmethod
+    def _unique_names(cls, models: list[ModelConfig]) -> list[ModelConfig]:
+        names = [m.name for m in models]
+        duplicated = sorted({n for n in names if names.count(n) > 1})
+        if duplicated:
+            raise ValueError(f"model names must be unique; repeated: {', '.join(duplicated)}")
+        return models
+
+    def model(self, name: str) -> ModelConfig | None:
+        """The configured model called ``name``."""
+        return next((m for m in self.models if m.name == name), None)
+
+
+def _expand(value: Any) -> Any:
+    if isinstance(value, str):
+        return _VAR.sub(lambda m: os.environ.get(m.group(1), m.group(2) or ""), value)
+    if isinstance(value, list):
+        return [_expand(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _expand(v) for k, v in value.items()}
+    return value
+
+
+def parse_config(text: str, source: str, **overrides: Any) -> GatewayConfig:
+    """Parse YAML ``text``; ``overrides`` (host, port, cache_dir) win over the file."""
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level")
+    data = _expand(data)
+    data.setdefault("cache_dir", str(replaygate_home() / "store"))
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return GatewayConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'top level'}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"{source}: {problems}") from exc
+
+
+def load_config(path: Path | None = None, **overrides: Any) -> GatewayConfig:
+    """Read ``path``, or the embedded default (a launched local vLLM) when None."""
+    if path is None:
+        os.environ.setdefault("REPLAYGATE_HOME", str(replaygate_home()))
+        text = resources.files("gateway").joinpath("default_config.yaml").read_text()
+        return parse_config(text, "embedded default config", **overrides)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    return parse_config(text, str(path), **overrides)

@@ -1,0 +1,79 @@
+"""OpenAI-style errors: every failure a client sees is ``{"error": {message, type, code}}``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import orjson
+from aiohttp import web
+
+
+class GatewayError(Exception):
+    """A failure with the HTTP status and OpenAI error fields a client should get."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type: str = "invalid_request_error",
+        code: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.code = code
+        self.headers = dict(headers or {})
+
+    def payload(self) -> dict[str, dict[str, str | None]]:
+        """The JSON body, as a dict (records keep it too)."""
+        return {"error": {"message": self.message, "type": self.type, "code": self.code}}
+
+    def response(self) -> web.Response:
+        """The aiohttp response carrying this error."""
+        return web.Response(
+            status=self.status,
+            body=orjson.dumps(self.payload()),
+            content_type="application/json",
+            headers=self.headers,
+        )
+
+
+def bad_request(message: str, code: str = "invalid_request") -> GatewayError:
+    """400: the client sent something the gateway cannot use."""
+    return GatewayError(400, message, "invalid_request_error", code)
+
+
+class UpstreamError(GatewayError):
+    """The upstream failed: unreachable (502), too slow (504) or said no (its status)."""
+
+    def __init__(self, status: int, message: str, code: str, retryable: bool) -> None:
+        super().__init__(status, message, "upstream_error", code)
+        self.retryable = retryable
+
+
+def upstream_unreachable(detail: str) -> UpstreamError:
+    """502: no connection, or it broke before a whole answer arrived."""
+    return UpstreamError(502, f"upstream unreachable: {detail}", "upstream_unreachable", True)
+
+
+def upstream_timeout(seconds: float) -> UpstreamError:
+    """504: the upstream did not answer within its timeout."""
+    return UpstreamError(504, f"upstream timed out after {seconds:g}s", "upstream_timeout", True)
+
+
+def upstream_status(status: int, body: bytes) -> UpstreamError:
+    """The upstream's own error status, with its message when it gave one."""
+    message = body[:2000].decode("utf-8", "replace")
+    try:
+        parsed = orjson.loads(body)
+        detail = parsed.get("error", parsed) if isinstance(parsed, dict) else parsed
+        if isinstance(detail, dict):
+            message = str(detail.get("message") or detail.get("detail") or message)
+        elif isinstance(detail, str):
+            message = detail
+    except orjson.JSONDecodeError:
+        pass
+    retryable = status == 429 or status >= 500
+    return UpstreamError(status, f"upstream returned {status}: {message}", "upstream_error", retryable)

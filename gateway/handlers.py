@@ -1,0 +1,169 @@
+"""HTTP handlers: parse and check the request, hand a :class:`Call` to the pipeline, shape the reply."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from cache.keys import request_key
+from cache.runs import DEFAULT_RUN, BadRunId, check_run_id
+from gateway.config import GatewayConfig, ModelConfig
+from gateway.errors import GatewayError, bad_request
+from gateway.pipeline import CacheMode, Call, Pipeline
+from gateway.validation import validate_body
+
+JSON = "application/json"
+
+
+class Handlers:
+    """The gateway's routes, bound to one config and one pipeline."""
+
+    pipeline: Pipeline  # set when the app starts (it needs the event loop)
+
+    def __init__(self, config: GatewayConfig) -> None:
+        self.config = config
+        self._models_body = orjson.dumps(
+            {
+                "object": "list",
+                "data": [{"id": m.name, "object": "model", "owned_by": m.provider} for m in config.models],
+            }
+        )
+
+    # -- routes ---------------------------------------------------------------
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        """Liveness: answers without touching disk or upstream."""
+        return web.Response(body=b'{"status":"ok"}', content_type=JSON)
+
+    async def models(self, request: web.Request) -> web.Response:
+        """The configured models, as clients name them."""
+        run_of(request)
+        return web.Response(body=self._models_body, content_type=JSON)
+
+    async def completion(self, endpoint: str, request: web.Request) -> web.StreamResponse:
+        """``POST /v1/completions`` and ``/v1/chat/completions``, cached."""
+        run_id = run_of(request)
+        body = validate_body(endpoint, await read_json(request, self.config.max_body_bytes))
+        call = self._call(request, run_id, endpoint, self.model_named(body["model"]), body)
+        if call.stream:
+            return await self._stream(request, call)
+        answer = await self.pipeline.answer(call)
+        return web.Response(body=answer.body, content_type=JSON, headers=_headers(call, answer.served))
+
+    async def tokenizer(self, endpoint: str, request: web.Request) -> web.Response:
+        """``/tokenizer_info``, ``/tokenize``, ``/detokenize``: asked of the model's upstream, cached."""
+        run_id = run_of(request)
+        body: dict[str, Any] | None = None
+        name = request.query.get("model")
+        if request.method == "POST":
+            body = validate_body(endpoint, await read_json(request, self.config.max_body_bytes))
+            name = body.get("model") or name
+        model = self.model_named(name) if name else self.config.models[0]
+        call = self._call(request, run_id, endpoint, model, body)
+        answer = await self.pipeline.answer(call)
+        return web.Response(body=answer.body, content_type=JSON, headers=_headers(call, answer.served))
+
+    async def bad_run(self, request: web.Request) -> web.Response:
+        """Anything under ``/runs/`` whose run-id is not a plain name."""
+        run_id = request.match_info["tail"].split("/", 1)[0]
+        try:
+            check_run_id(run_id)
+        except BadRunId as exc:
+            raise bad_request(str(exc), "invalid_run_id") from exc
+        raise GatewayError(404, f"no route {request.method} {request.path}", "not_found", "not_found")
+
+    # -- helpers ----------------------------------------------------------------
+
+    def model_named(self, name: str) -> ModelConfig:
+        """The configured model ``name``, or a 404 that lists the ones there are."""
+        model = self.config.model(name)
+        if model is None:
+            known = ", ".join(m.name for m in self.config.models)
+            raise GatewayError(
+                404,
+                f"model '{name}' is not configured; configured models: {known}",
+                "invalid_request_error",
+                "model_not_found",
+            )
+        return model
+
+    def _call(
+        self,
+        request: web.Request,
+        run_id: str,
+        endpoint: str,
+        model: ModelConfig,
+        body: dict[str, Any] | None,
+    ) -> Call:
+        salt = request.headers.get("X-Cache-Salt")
+        return Call(
+            run_id=run_id,
+            endpoint=endpoint,
+            model=model,
+            body=body,
+            key=request_key(endpoint, model.target_model, body or {}, salt),
+            cache_mode=cache_mode(request.headers.get("Cache-Control", "")),
+            stream=bool(body and body.get("stream")),
+        )
+
+    async def _stream(self, request: web.Request, call: Call) -> web.StreamResponse:
+        served, events = await self.pipeline.answer_stream(call)
+        response = web.StreamResponse(headers=_headers(call, served))
+        response.content_type = "text/event-stream"
+        response.headers["Cache-Control"] = "no-cache"
+        await response.prepare(request)
+        try:
+            async for event in events:
+                await response.write(event)
+        except ConnectionError:
+            return response  # the client left; the upstream call and its record go on
+        await response.write_eof()
+        return response
+
+
+def run_of(request: web.Request) -> str:
+    """The run a request belongs to: from the URL, else ``X-Run-Id``, else ``default``."""
+    run_id = request.match_info.get("run_id") or request.headers.get("X-Run-Id") or DEFAULT_RUN
+    try:
+        return check_run_id(run_id)
+    except BadRunId as exc:
+        raise bad_request(str(exc), "invalid_run_id") from exc
+
+
+def cache_mode(cache_control: str) -> CacheMode:
+    """``no-store`` bypasses the cache, ``no-cache`` refreshes it, anything else uses it."""
+    directives = {d.strip().lower() for d in cache_control.split(",")}
+    if "no-store" in directives:
+        return "bypass"
+    if "no-cache" in directives:
+        return "refresh"
+    return "use"
+
+
+async def read_json(request: web.Request, limit: int) -> Any:
+    """The parsed body, or a 413 past ``limit`` / a 400 when it is not JSON."""
+    if request.content_length is not None and request.content_length > limit:
+        raise _too_large(limit)
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge as exc:
+        raise _too_large(limit) from exc
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise bad_request(f"the request body is not valid JSON: {exc}", "invalid_json") from exc
+
+
+def _too_large(limit: int) -> GatewayError:
+    return GatewayError(
+        413,
+        f"the request body is over the gateway's limit of {limit} bytes",
+        "invalid_request_error",
+        "body_too_large",
+    )
+
+
+def _headers(call: Call, served: str) -> dict[str, str]:
+    return {"X-Cache": served, "X-Record-Key": call.key, "X-Run-Id": call.run_id}

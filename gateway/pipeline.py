@@ -1,0 +1,253 @@
+"""The request pipeline behind every model endpoint: cache lookup → single-flight → provider → record.
+
+Order of guarantees for every answered request: its record is written (as
+durable as the fsync policy says) and, for a fresh success, its index entry is
+stored, before the client sees a byte of it. Failures are recorded and never
+cached. Upstream work runs detached from the client that started it, so a
+client that hangs up never costs the others sharing that call their answer,
+nor the run its record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import orjson
+
+from cache.index import ResponseIndex
+from cache.records import RECORD_SCHEMA, RecordWriteError, RecordWriter
+from gateway.config import ModelConfig
+from gateway.errors import GatewayError, UpstreamError
+from gateway.providers.base import Provider
+from gateway.singleflight import SingleFlight
+from gateway.streaming import DONE, StreamAssembler, replay_events, sse_event
+
+CacheMode = Literal["use", "refresh", "bypass"]
+Served = Literal["miss", "hit", "coalesced"]
+
+_END = object()
+
+
+@dataclass(frozen=True)
+class Call:
+    """One client request, resolved: which run, endpoint, model and cache key."""
+
+    run_id: str
+    endpoint: str
+    model: ModelConfig
+    body: dict[str, Any] | None
+    key: str
+    cache_mode: CacheMode = "use"
+    stream: bool = False
+
+    def upstream_body(self) -> dict[str, Any] | None:
+        """The body as sent upstream: the configured upstream model, usage always on streams."""
+        if self.body is None:
+            return None
+        body = dict(self.body)
+        if "model" in body or self.endpoint.startswith("/v1/"):
+            body["model"] = self.model.target_model
+        if self.stream:
+            body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+        return body
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A response body and how it was served."""
+
+    body: bytes
+    served: Served
+
+
+class Pipeline:
+    """Answers calls from the index, a shared in-flight call, or the upstream."""
+
+    def __init__(self, index: ResponseIndex, records: RecordWriter, providers: dict[str, Provider]) -> None:
+        self.index = index
+        self.records = records
+        self.providers = providers
+        self.flights: SingleFlight[bytes] = SingleFlight()
+
+    # -- plain answers ---------------------------------------------------------
+
+    async def answer(self, call: Call) -> Answer:
+        """The whole response for a non-streaming call."""
+        started = time.time()
+        if call.cache_mode == "use":
+            cached = await self.index.aget(call.key)
+            if cached is not None:
+                await self._record(call, "hit", started, body=cached)
+                return Answer(cached, "hit")
+        if call.cache_mode == "bypass":
+            return Answer(await self._fetch(call, started), "miss")
+        flight = self.flights.join(call.key)
+        if flight is None:
+            flight = self.flights.start(call.key, lambda: self._fetch(call, started))
+            return Answer(await asyncio.shield(flight), "miss")
+        return await self._follow(call, flight, started)
+
+    async def _follow(self, call: Call, flight: asyncio.Future[bytes], started: float) -> Answer:
+        """Share another request's upstream call, keeping a record of our own."""
+        try:
+            body = await asyncio.shield(flight)
+        except GatewayError as exc:
+            await self._record(call, "coalesced", started, error=exc)
+            raise
+        await self._record(call, "coalesced", started, body=body)
+        return Answer(body, "coalesced")
+
+    async def _fetch(self, call: Call, started: float) -> bytes:
+        """Call the upstream once; record (and cache) what came back."""
+        request = call.upstream_body()
+        try:
+            raw = await self.providers[call.model.name].call(call.endpoint, request)
+            body = _normalised(raw)
+        except UpstreamError as exc:
+            await self._record(call, "miss", started, error=exc, request=request)
+            raise
+        await self._store(call, "miss", started, body, request)
+        return body
+
+    async def _store(self, call: Call, served: Served, started: float, body: bytes, request: Any) -> None:
+        writes = [self._record(call, served, started, body=body, request=request)]
+        if call.cache_mode != "bypass":
+            writes.append(self.index.aset(call.key, body))
+        await asyncio.gather(*writes)
+
+    # -- streamed answers ------------------------------------------------------
+
+    async def answer_stream(self, call: Call) -> tuple[Served, AsyncIterator[bytes]]:
+        """How a streaming call is served, and its server-sent events.
+
+        Raises before the first event when nothing can be sent, so the client
+        gets a plain error response instead of a broken stream.
+        """
+        include_usage = bool((call.body or {}).get("stream_options", {}).get("include_usage"))
+        chat = call.endpoint.endswith("/chat/completions")
+        if call.cache_mode == "use" or self.flights.join(call.key) is not None:
+            started = time.time()
+            cached = await self.index.aget(call.key) if call.cache_mode == "use" else None
+            if cached is not None:
+                await self._record(call, "hit", started, body=cached)
+                return "hit", _aiter(replay_events(orjson.loads(cached), chat, include_usage))
+            flight = self.flights.join(call.key)
+            if flight is not None:
+                answer = await self._follow(call, flight, started)
+                events = replay_events(orjson.loads(answer.body), chat, include_usage)
+                return "coalesced", _aiter(events)
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        work = lambda: self._fetch_stream(call, queue, chat, include_usage)  # noqa: E731
+        if call.cache_mode == "bypass":
+            asyncio.ensure_future(work())
+        else:
+            self.flights.start(call.key, work)
+        first = await queue.get()
+        if isinstance(first, GatewayError):
+            raise first
+        return "miss", _drain(first, queue)
+
+    async def _fetch_stream(
+        self, call: Call, queue: asyncio.Queue[Any], chat: bool, include_usage: bool
+    ) -> bytes:
+        started = time.time()
+        request = call.upstream_body()
+        assert request is not None
+        assembler = StreamAssembler(chat)
+        try:
+            async for payload in self.providers[call.model.name].stream(call.endpoint, request):
+                chunk = orjson.loads(payload)
+                assembler.add(chunk)
+                if chunk.get("choices") or include_usage:
+                    queue.put_nowait(sse_event(payload))
+        except (UpstreamError, orjson.JSONDecodeError) as exc:
+            error = exc if isinstance(exc, UpstreamError) else _torn(exc)
+            queue.put_nowait(error)
+            await self._record(call, "miss", started, error=error, request=request)
+            raise error from exc
+        body = orjson.dumps(assembler.response())
+        try:
+            await self._store(call, "miss", started, body, request)
+        except GatewayError as exc:  # not recorded: the stream must not end as if it were
+            queue.put_nowait(exc)
+            raise
+        queue.put_nowait(DONE)
+        queue.put_nowait(_END)
+        return body
+
+    # -- records ---------------------------------------------------------------
+
+    async def _record(
+        self,
+        call: Call,
+        served: Served,
+        started: float,
+        *,
+        body: bytes | None = None,
+        error: GatewayError | None = None,
+        request: Any = None,
+    ) -> None:
+        now = time.time()
+        response = orjson.loads(body) if body is not None else None
+        record = {
+            "schema": RECORD_SCHEMA,
+            "key": call.key,
+            "run_id": call.run_id,
+            "ts": started,
+            "ts_end": now,
+            "latency_ms": round((now - started) * 1000, 3),
+            "endpoint": call.endpoint,
+            "model": call.model.name,
+            "upstream_model": call.model.target_model,
+            "provider": call.model.provider,
+            "served": served,
+            "stream": call.stream,
+            "cacheable": call.cache_mode != "bypass",
+            "status": 200 if error is None else error.status,
+            "request": request if request is not None else call.upstream_body(),
+            "response": orjson.Fragment(body) if body is not None else None,
+            "usage": response.get("usage") if isinstance(response, dict) else None,
+            "attempts": 1 if served == "miss" else 0,
+            "error": error.payload()["error"] if error is not None else None,
+        }
+        try:
+            await self.records.append(call.run_id, record)
+        except RecordWriteError as exc:
+            # Never acknowledge what could not be kept.
+            raise GatewayError(
+                503,
+                f"the gateway cannot record this request: {exc.strerror}",
+                "service_unavailable",
+                "record_write_failed",
+            ) from exc
+
+
+def _normalised(raw: bytes) -> bytes:
+    """The upstream body re-serialised by orjson, so a rebuilt index gives identical bytes."""
+    try:
+        return orjson.dumps(orjson.loads(raw))
+    except orjson.JSONDecodeError as exc:
+        raise _torn(exc) from exc
+
+
+def _torn(exc: Exception) -> UpstreamError:
+    return UpstreamError(502, f"upstream sent invalid JSON: {exc}", "upstream_bad_response", True)
+
+
+async def _aiter(events: list[bytes]) -> AsyncIterator[bytes]:
+    for event in events:
+        yield event
+
+
+async def _drain(first: bytes, queue: asyncio.Queue[Any]) -> AsyncIterator[bytes]:
+    item: Any = first
+    while item is not _END:
+        if isinstance(item, GatewayError):
+            yield sse_event(orjson.dumps(item.payload()))
+            return
+        yield item
+        item = await queue.get()

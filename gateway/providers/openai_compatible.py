@@ -1,0 +1,90 @@
+"""Any OpenAI-compatible server (vLLM, SGLang, TGI, LM Studio) over one pooled aiohttp session.
+
+This is the direct path: no SDK between the gateway and the socket, because a
+cache hit must cost microseconds and a miss must add well under a millisecond.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import orjson
+
+from gateway.config import ModelConfig
+from gateway.errors import upstream_status, upstream_timeout, upstream_unreachable
+
+
+class OpenAICompatibleProvider:
+    """Calls ``{api_base}/…`` for ``/v1/…`` endpoints and the server root for tokenizer ones."""
+
+    name = "openai-compatible"
+
+    def __init__(self, model: ModelConfig, session: aiohttp.ClientSession) -> None:
+        self.model = model
+        self.session = session
+        base = model.api_base.rstrip("/")
+        self.api_base = base
+        self.server_root = base[: -len("/v1")] if base.endswith("/v1") else base
+        self.timeout = aiohttp.ClientTimeout(total=model.timeout_s)
+
+    def url(self, endpoint: str) -> str:
+        """The upstream URL for a gateway endpoint."""
+        if endpoint.startswith("/v1/"):
+            return self.api_base + endpoint[3:]
+        return self.server_root + endpoint
+
+    def _headers(self) -> dict[str, str]:
+        key = self.model.api_key()
+        return {"Authorization": f"Bearer {key}"} if key else {}
+
+    async def call(self, endpoint: str, body: dict[str, Any] | None) -> bytes:
+        """One request, its whole 200 body."""
+        method = "GET" if body is None else "POST"
+        data = None if body is None else orjson.dumps(body)
+        headers = self._headers()
+        if data is not None:
+            headers["Content-Type"] = "application/json"
+        try:
+            async with self.session.request(
+                method, self.url(endpoint), data=data, headers=headers, timeout=self.timeout
+            ) as response:
+                payload = await response.read()
+                if response.status != 200:
+                    raise upstream_status(response.status, payload)
+                return payload
+        except asyncio.TimeoutError as exc:
+            raise upstream_timeout(self.model.timeout_s) from exc
+        except aiohttp.ClientError as exc:
+            raise upstream_unreachable(str(exc) or type(exc).__name__) from exc
+
+    async def stream(self, endpoint: str, body: dict[str, Any]) -> AsyncIterator[bytes]:
+        """Server-sent events from the upstream, one ``data`` payload at a time."""
+        headers = {**self._headers(), "Content-Type": "application/json"}
+        try:
+            async with self.session.post(
+                self.url(endpoint), data=orjson.dumps(body), headers=headers, timeout=self.timeout
+            ) as response:
+                if response.status != 200:
+                    raise upstream_status(response.status, await response.read())
+                data: list[bytes] = []
+                async for raw in response.content:
+                    line = raw.rstrip(b"\r\n")
+                    if line.startswith(b"data:"):
+                        data.append(line[5:].lstrip())
+                    elif not line and data:  # a blank line ends an event
+                        payload = b"\n".join(data)
+                        data = []
+                        if payload == b"[DONE]":
+                            return
+                        yield payload
+                if data and b"\n".join(data) == b"[DONE]":
+                    return
+                # A torn stream is a failed answer, never a short one.
+                raise upstream_unreachable("the event stream ended before [DONE]")
+        except asyncio.TimeoutError as exc:
+            raise upstream_timeout(self.model.timeout_s) from exc
+        except aiohttp.ClientError as exc:
+            raise upstream_unreachable(str(exc) or type(exc).__name__) from exc

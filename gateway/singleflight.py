@@ -1,0 +1,38 @@
+"""Single-flight: identical requests in flight at the same time share one upstream call."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class SingleFlight(Generic[T]):
+    """Runs at most one task per key; later callers with the same key await its result.
+
+    The task runs detached from its callers: a caller that goes away (client
+    disconnect, cancellation) does not cancel the work the others share.
+    """
+
+    def __init__(self) -> None:
+        self._flights: dict[str, asyncio.Task[T]] = {}
+
+    def join(self, key: str) -> asyncio.Task[T] | None:
+        """The task already running for ``key``, if any."""
+        return self._flights.get(key)
+
+    def start(self, key: str, work: Callable[[], Awaitable[T]]) -> asyncio.Task[T]:
+        """Start ``work`` as the flight for ``key``; it is forgotten once done."""
+        task: asyncio.Task[T] = asyncio.ensure_future(work())  # type: ignore[arg-type]
+        self._flights[key] = task
+        task.add_done_callback(lambda done: self._forget(key, done))
+        return task
+
+    def _forget(self, key: str, task: asyncio.Task[T]) -> None:
+        if self._flights.get(key) is task:
+            del self._flights[key]
+
+    def __len__(self) -> int:
+        return len(self._flights)
