@@ -27,7 +27,16 @@ class Handlers:
         self._models_body = orjson.dumps(
             {
                 "object": "list",
-                "data": [{"id": m.name, "object": "model", "owned_by": m.provider} for m in config.models],
+                # upstream_model lets a client (the scorer) recompute cache keys offline.
+                "data": [
+                    {
+                        "id": m.name,
+                        "object": "model",
+                        "owned_by": m.provider,
+                        "upstream_model": m.target_model,
+                    }
+                    for m in config.models
+                ],
             }
         )
 
