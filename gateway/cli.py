@@ -88,3 +88,7 @@ def _use_uvloop() -> None:
         return
     if sys.platform != "win32":
         uvloop.install()
+
+
+if __name__ == "__main__":
+    main()

@@ -137,14 +137,14 @@ class CountingRelay:
         """Requests forwarded so far."""
         return sum(self.calls.values())
 
-    async def start(self) -> None:
-        """Listen on a free port."""
+    async def start(self, port: int = 0) -> None:
+        """Listen on ``port`` (a free one by default)."""
         self._session = aiohttp.ClientSession()
         app = web.Application(client_max_size=1 << 30)
         app.router.add_route("*", "/{path:.*}", self._forward)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", port)
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
 
@@ -176,10 +176,12 @@ class CountingRelay:
             await self._session.close()
 
 
-async def wait_for(predicate, timeout_s: float = 10.0) -> None:  # type: ignore[no-untyped-def]
-    """Yield to the loop until ``predicate()`` holds (for effects on another task)."""
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met in time")
-        await asyncio.sleep(0.01)
+async def _serve_relay(target: str, port: int) -> None:
+    await CountingRelay(target).start(port)
+    await asyncio.Event().wait()
+
+
+if __name__ == "__main__":  # a relay as its own process: python -m tests.upstreams TARGET PORT
+    import sys
+
+    asyncio.run(_serve_relay(sys.argv[1], int(sys.argv[2])))
