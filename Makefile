@@ -9,9 +9,9 @@ serve: setup
 	.venv/bin/gateway serve $(ARGS)
 
 lint:
-	.venv/bin/ruff check gateway cache scorer tests benchmarks
-	.venv/bin/ruff format --check gateway cache scorer tests benchmarks
-	.venv/bin/mypy gateway cache scorer
+	.venv/bin/python -m ruff check .
+	.venv/bin/python -m ruff format --check .
+	.venv/bin/python -m mypy gateway cache scorer
 
 test: setup lint
-	.venv/bin/pytest $(ARGS)
+	.venv/bin/python -m pytest $(ARGS)

