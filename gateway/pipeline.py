@@ -166,8 +166,10 @@ class Pipeline:
                     queue.put_nowait(sse_event(payload))
         except (UpstreamError, orjson.JSONDecodeError) as exc:
             error = exc if isinstance(exc, UpstreamError) else _torn(exc)
-            queue.put_nowait(error)
-            await self._record(call, "miss", started, error=error, request=request)
+            try:
+                await self._record(call, "miss", started, error=error, request=request)
+            finally:  # only now: a client told of the failure may ask again at once
+                queue.put_nowait(error)
             raise error from exc
         body = orjson.dumps(assembler.response())
         try:
