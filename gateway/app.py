@@ -17,6 +17,7 @@ from gateway.handlers import Handlers
 from gateway.launcher import LaunchedUpstream
 from gateway.pipeline import Pipeline
 from gateway.providers import make_provider
+from gateway.upstream import Upstream
 
 log = logging.getLogger("gateway")
 
@@ -65,9 +66,11 @@ async def _resources(config: GatewayConfig, handlers: Handlers, app: web.Applica
     try:
         for upstream in launched:
             await upstream.start(session)
-        providers = {m.name: make_provider(m, session) for m in config.models}
-        handlers.pipeline = app[PIPELINE] = Pipeline(index, records, providers)
+        upstreams = {m.name: Upstream(m, make_provider(m, session)) for m in config.models}
+        handlers.pipeline = app[PIPELINE] = Pipeline(index, records, upstreams)
         yield
+        for model_upstream in upstreams.values():
+            await model_upstream.close()
     finally:
         for upstream in launched:
             await upstream.stop()

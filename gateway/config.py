@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from gateway.scheduler import Limits
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -46,16 +48,59 @@ class LaunchConfig(_Strict):
         return value.split() if isinstance(value, str) else value
 
 
+class RetryConfig(_Strict):
+    """How often to try a request that failed in a way that may pass (429, 5xx, timeouts)."""
+
+    attempts: int = Field(default=4, ge=1, le=20)
+    initial_s: float = Field(default=0.5, ge=0)
+    max_s: float = Field(default=30.0, ge=0)
+
+
+class BatchingConfig(_Strict):
+    """Micro-batching of concurrent ``/v1/completions`` requests into one upstream call."""
+
+    window_ms: float = Field(default=5.0, ge=0, le=1000)
+    max_batch: int = Field(default=32, ge=1, le=1024)
+
+
 class ModelConfig(_Strict):
     """One model as clients name it, and the upstream that answers for it."""
 
     name: str
-    provider: Literal["openai-compatible"] = "openai-compatible"
-    api_base: str
+    provider: Literal["openai-compatible", "litellm", "vllm"] = "openai-compatible"
+    api_base: str | None = None
     upstream_model: str | None = None
     api_key_env: str | None = None
     timeout_s: float = 600.0
     launch: LaunchConfig | None = None
+    rpm: float | None = Field(default=None, gt=0)
+    tpm: float | None = Field(default=None, gt=0)
+    input_tpm: float | None = Field(default=None, gt=0)
+    output_tpm: float | None = Field(default=None, gt=0)
+    max_concurrency: int = Field(default=64, ge=1)
+    max_queue: int = Field(default=1024, ge=0)
+    retries: RetryConfig = RetryConfig()
+    batching: BatchingConfig | None = None
+    engine_args: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _needs_api_base(self) -> ModelConfig:
+        if self.provider == "openai-compatible" and not self.api_base:
+            raise ValueError("api_base is required for provider openai-compatible")
+        if self.launch and not self.api_base:
+            raise ValueError("a launched upstream needs the api_base it will serve on")
+        return self
+
+    def limits(self) -> Limits:
+        """The scheduler's view of this model's limits."""
+        return Limits(
+            rpm=self.rpm,
+            tpm=self.tpm,
+            input_tpm=self.input_tpm,
+            output_tpm=self.output_tpm,
+            max_concurrency=self.max_concurrency,
+            max_queue=self.max_queue,
+        )
 
     @property
     def target_model(self) -> str:

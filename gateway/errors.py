@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
+from email.utils import parsedate_to_datetime
 
 import orjson
 from aiohttp import web
@@ -46,11 +48,34 @@ def bad_request(message: str, code: str = "invalid_request") -> GatewayError:
 
 
 class UpstreamError(GatewayError):
-    """The upstream failed: unreachable (502), too slow (504) or said no (its status)."""
+    """The upstream failed: unreachable (502), too slow (504) or said no (its status).
 
-    def __init__(self, status: int, message: str, code: str, retryable: bool) -> None:
+    ``retry_after`` is the wait the upstream asked for (``Retry-After`` or
+    ``retry-after-ms``), in seconds, when it named one.
+    """
+
+    def __init__(
+        self, status: int, message: str, code: str, retryable: bool, retry_after: float | None = None
+    ) -> None:
         super().__init__(status, message, "upstream_error", code)
         self.retryable = retryable
+        self.retry_after = retry_after
+
+
+def retry_after_of(headers: Mapping[str, str]) -> float | None:
+    """Seconds an upstream asked us to wait, from ``retry-after-ms`` or ``Retry-After``."""
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value is None:
+            continue
+        try:
+            return max(0.0, float(value) * scale)
+        except ValueError:
+            try:  # an HTTP date
+                return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+            except (TypeError, ValueError):
+                continue
+    return None
 
 
 def upstream_unreachable(detail: str) -> UpstreamError:
@@ -63,7 +88,7 @@ def upstream_timeout(seconds: float) -> UpstreamError:
     return UpstreamError(504, f"upstream timed out after {seconds:g}s", "upstream_timeout", True)
 
 
-def upstream_status(status: int, body: bytes) -> UpstreamError:
+def upstream_status(status: int, body: bytes, headers: Mapping[str, str] | None = None) -> UpstreamError:
     """The upstream's own error status, with its message when it gave one."""
     message = body[:2000].decode("utf-8", "replace")
     try:
@@ -75,5 +100,11 @@ def upstream_status(status: int, body: bytes) -> UpstreamError:
             message = detail
     except orjson.JSONDecodeError:
         pass
-    retryable = status == 429 or status >= 500
-    return UpstreamError(status, f"upstream returned {status}: {message}", "upstream_error", retryable)
+    retryable = status in (408, 429) or status >= 500
+    return UpstreamError(
+        status,
+        f"upstream returned {status}: {message}",
+        "upstream_error",
+        retryable,
+        retry_after_of(headers or {}),
+    )

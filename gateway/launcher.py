@@ -28,7 +28,7 @@ class LaunchedUpstream:
         self.model = model
         self.launch = model.launch
         self.log_path = log_dir / f"{model.name}.log"
-        self.health_url = model.api_base.rstrip("/") + "/models"
+        self.health_url = (model.api_base or "").rstrip("/") + "/models"
         self.process: asyncio.subprocess.Process | None = None
 
     async def healthy(self, session: aiohttp.ClientSession) -> bool:

@@ -22,12 +22,12 @@ from cache.index import ResponseIndex
 from cache.records import RECORD_SCHEMA, RecordWriteError, RecordWriter
 from gateway.config import ModelConfig
 from gateway.errors import GatewayError, UpstreamError
-from gateway.providers.base import Provider
 from gateway.singleflight import SingleFlight
 from gateway.streaming import DONE, StreamAssembler, replay_events, sse_event
+from gateway.upstream import Attempts, Upstream, torn_body
 
 CacheMode = Literal["use", "refresh", "bypass"]
-Served = Literal["miss", "hit", "coalesced"]
+Served = Literal["miss", "hit", "coalesced", "batched"]
 
 _END = object()
 
@@ -67,11 +67,11 @@ class Answer:
 class Pipeline:
     """Answers calls from the index, a shared in-flight call, or the upstream."""
 
-    def __init__(self, index: ResponseIndex, records: RecordWriter, providers: dict[str, Provider]) -> None:
+    def __init__(self, index: ResponseIndex, records: RecordWriter, upstreams: dict[str, Upstream]) -> None:
         self.index = index
         self.records = records
-        self.providers = providers
-        self.flights: SingleFlight[bytes] = SingleFlight()
+        self.upstreams = upstreams
+        self.flights: SingleFlight[Answer] = SingleFlight()
 
     # -- plain answers ---------------------------------------------------------
 
@@ -84,40 +84,51 @@ class Pipeline:
                 await self._record(call, "hit", started, body=cached)
                 return Answer(cached, "hit")
         if call.cache_mode == "bypass":
-            return Answer(await self._fetch(call, started), "miss")
+            return await self._fetch(call, started)
         flight = self.flights.join(call.key)
         if flight is None:
             flight = self.flights.start(call.key, lambda: self._fetch(call, started))
-            return Answer(await asyncio.shield(flight), "miss")
+            return await asyncio.shield(flight)
         return await self._follow(call, flight, started)
 
-    async def _follow(self, call: Call, flight: asyncio.Future[bytes], started: float) -> Answer:
+    async def _follow(self, call: Call, flight: asyncio.Future[Answer], started: float) -> Answer:
         """Share another request's upstream call, keeping a record of our own."""
         try:
-            body = await asyncio.shield(flight)
+            answer = await asyncio.shield(flight)
         except GatewayError as exc:
             await self._record(call, "coalesced", started, error=exc)
             raise
-        await self._record(call, "coalesced", started, body=body)
-        return Answer(body, "coalesced")
+        await self._record(call, "coalesced", started, body=answer.body)
+        return Answer(answer.body, "coalesced")
 
-    async def _fetch(self, call: Call, started: float) -> bytes:
-        """Call the upstream once; record (and cache) what came back."""
+    async def _fetch(self, call: Call, started: float) -> Answer:
+        """Ask the upstream (retrying as configured); record (and cache) what came back."""
         request = call.upstream_body()
+        attempts = Attempts()
         try:
-            raw = await self.providers[call.model.name].call(call.endpoint, request)
-            body = _normalised(raw)
+            answered = await self.upstreams[call.model.name].call(call.endpoint, request, attempts)
         except UpstreamError as exc:
-            await self._record(call, "miss", started, error=exc, request=request)
+            await self._record(call, "miss", started, error=exc, request=request, attempts=attempts)
             raise
-        await self._store(call, "miss", started, body, request)
-        return body
+        served: Served = "batched" if answered.batched else "miss"
+        await self._store(call, served, started, answered.body, request, attempts, answered.data)
+        return Answer(answered.body, served)
 
-    async def _store(self, call: Call, served: Served, started: float, body: bytes, request: Any) -> None:
-        writes = [self._record(call, served, started, body=body, request=request)]
-        if call.cache_mode != "bypass":
-            writes.append(self.index.aset(call.key, body))
-        await asyncio.gather(*writes)
+    async def _store(
+        self,
+        call: Call,
+        served: Served,
+        started: float,
+        body: bytes,
+        request: Any,
+        attempts: Attempts,
+        data: Any = None,
+    ) -> None:
+        record = self._record(call, served, started, body=body, request=request, attempts=attempts, data=data)
+        if call.cache_mode == "bypass":
+            await record
+        else:
+            await asyncio.gather(record, self.index.aset(call.key, body))
 
     # -- streamed answers ------------------------------------------------------
 
@@ -153,33 +164,35 @@ class Pipeline:
 
     async def _fetch_stream(
         self, call: Call, queue: asyncio.Queue[Any], chat: bool, include_usage: bool
-    ) -> bytes:
+    ) -> Answer:
         started = time.time()
         request = call.upstream_body()
         assert request is not None
         assembler = StreamAssembler(chat)
+        attempts = Attempts()
         try:
-            async for payload in self.providers[call.model.name].stream(call.endpoint, request):
+            async for payload in self.upstreams[call.model.name].stream(call.endpoint, request, attempts):
                 chunk = orjson.loads(payload)
                 assembler.add(chunk)
                 if chunk.get("choices") or include_usage:
                     queue.put_nowait(sse_event(payload))
         except (UpstreamError, orjson.JSONDecodeError) as exc:
-            error = exc if isinstance(exc, UpstreamError) else _torn(exc)
+            error = exc if isinstance(exc, UpstreamError) else torn_body(exc)
             try:
-                await self._record(call, "miss", started, error=error, request=request)
+                await self._record(call, "miss", started, error=error, request=request, attempts=attempts)
             finally:  # only now: a client told of the failure may ask again at once
                 queue.put_nowait(error)
             raise error from exc
-        body = orjson.dumps(assembler.response())
+        data = assembler.response()
+        body = orjson.dumps(data)
         try:
-            await self._store(call, "miss", started, body, request)
+            await self._store(call, "miss", started, body, request, attempts, data)
         except GatewayError as exc:  # not recorded: the stream must not end as if it were
             queue.put_nowait(exc)
             raise
         queue.put_nowait(DONE)
         queue.put_nowait(_END)
-        return body
+        return Answer(body, "miss")
 
     # -- records ---------------------------------------------------------------
 
@@ -192,9 +205,11 @@ class Pipeline:
         body: bytes | None = None,
         error: GatewayError | None = None,
         request: Any = None,
+        attempts: Attempts | None = None,
+        data: Any = None,
     ) -> None:
         now = time.time()
-        response = orjson.loads(body) if body is not None else None
+        response = data if data is not None or body is None else orjson.loads(body)
         record = {
             "schema": RECORD_SCHEMA,
             "key": call.key,
@@ -213,7 +228,8 @@ class Pipeline:
             "request": request if request is not None else call.upstream_body(),
             "response": orjson.Fragment(body) if body is not None else None,
             "usage": response.get("usage") if isinstance(response, dict) else None,
-            "attempts": 1 if served == "miss" else 0,
+            "attempts": attempts.count if attempts else 0,
+            "failed_attempts": attempts.errors if attempts else [],
             "error": error.payload()["error"] if error is not None else None,
         }
         try:
@@ -226,18 +242,6 @@ class Pipeline:
                 "service_unavailable",
                 "record_write_failed",
             ) from exc
-
-
-def _normalised(raw: bytes) -> bytes:
-    """The upstream body re-serialised by orjson, so a rebuilt index gives identical bytes."""
-    try:
-        return orjson.dumps(orjson.loads(raw))
-    except orjson.JSONDecodeError as exc:
-        raise _torn(exc) from exc
-
-
-def _torn(exc: Exception) -> UpstreamError:
-    return UpstreamError(502, f"upstream sent invalid JSON: {exc}", "upstream_bad_response", True)
 
 
 async def _aiter(events: list[bytes]) -> AsyncIterator[bytes]:

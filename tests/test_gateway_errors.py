@@ -28,7 +28,8 @@ async def standin() -> AsyncIterator[StandIn]:
 @pytest.fixture
 async def faulty(standin: StandIn, make_gateway: GatewayFactory) -> RunningGateway:
     return await make_gateway(
-        model_yaml(standin.api_base, name="standin", timeout_s=0.5) + "max_body_bytes: 4096\n"
+        model_yaml(standin.api_base, name="standin", timeout_s=0.5, retries="{attempts: 1}")
+        + "max_body_bytes: 4096\n"
     )
 
 

@@ -102,7 +102,7 @@ def test_serve_rejects_a_bad_config_with_one_clear_line(tmp_path: Path) -> None:
         timeout=60,
     )
     assert result.returncode != 0
-    assert "models.0.api_base: Field required" in result.stderr
+    assert "models.0.api_bass: Extra inputs are not permitted" in result.stderr
     assert "api_bass" in result.stderr
 
 

@@ -15,6 +15,7 @@ import orjson
 
 from gateway.config import ModelConfig
 from gateway.errors import upstream_status, upstream_timeout, upstream_unreachable
+from gateway.providers.base import Reply
 
 
 class OpenAICompatibleProvider:
@@ -25,7 +26,7 @@ class OpenAICompatibleProvider:
     def __init__(self, model: ModelConfig, session: aiohttp.ClientSession) -> None:
         self.model = model
         self.session = session
-        base = model.api_base.rstrip("/")
+        base = (model.api_base or "").rstrip("/")
         self.api_base = base
         self.server_root = base[: -len("/v1")] if base.endswith("/v1") else base
         self.timeout = aiohttp.ClientTimeout(total=model.timeout_s)
@@ -40,7 +41,7 @@ class OpenAICompatibleProvider:
         key = self.model.api_key()
         return {"Authorization": f"Bearer {key}"} if key else {}
 
-    async def call(self, endpoint: str, body: dict[str, Any] | None) -> bytes:
+    async def call(self, endpoint: str, body: dict[str, Any] | None) -> Reply:
         """One request, its whole 200 body."""
         method = "GET" if body is None else "POST"
         data = None if body is None else orjson.dumps(body)
@@ -53,12 +54,15 @@ class OpenAICompatibleProvider:
             ) as response:
                 payload = await response.read()
                 if response.status != 200:
-                    raise upstream_status(response.status, payload)
-                return payload
+                    raise upstream_status(response.status, payload, response.headers)
+                return Reply(payload, response.headers)
         except asyncio.TimeoutError as exc:
             raise upstream_timeout(self.model.timeout_s) from exc
         except aiohttp.ClientError as exc:
             raise upstream_unreachable(str(exc) or type(exc).__name__) from exc
+
+    async def close(self) -> None:
+        """The session is shared and closed by the app."""
 
     async def stream(self, endpoint: str, body: dict[str, Any]) -> AsyncIterator[bytes]:
         """Server-sent events from the upstream, one ``data`` payload at a time."""
@@ -68,7 +72,7 @@ class OpenAICompatibleProvider:
                 self.url(endpoint), data=orjson.dumps(body), headers=headers, timeout=self.timeout
             ) as response:
                 if response.status != 200:
-                    raise upstream_status(response.status, await response.read())
+                    raise upstream_status(response.status, await response.read(), response.headers)
                 data: list[bytes] = []
                 async for raw in response.content:
                     line = raw.rstrip(b"\r\n")

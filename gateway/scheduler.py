@@ -1,0 +1,207 @@
+"""Per-upstream scheduling: rate limits that adapt, bounded concurrency, a bounded queue.
+
+One :class:`Scheduler` per upstream, so a provider that pushes back (429) slows
+down only itself. Requests wait in FIFO order and leave the moment capacity
+exists: a free concurrency slot, a request token and enough input/output
+tokens. Buckets start full and refill continuously. Concurrency adapts by
+additive increase / multiplicative decrease (AIMD) on 429s, and the upstream's
+own ``x-ratelimit-remaining-*`` headers correct the buckets whenever it sends them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from gateway.errors import GatewayError
+
+# Cap on how long an upstream's Retry-After can pause us: a hostile or broken
+# header must not stall a run for an hour.
+MAX_PAUSE_S = 60.0
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What an upstream allows. ``None`` means unlimited."""
+
+    rpm: float | None = None
+    tpm: float | None = None  # input + output, for providers that count them together
+    input_tpm: float | None = None
+    output_tpm: float | None = None
+    max_concurrency: int = 64
+    max_queue: int = 1024
+
+
+class TokenBucket:
+    """A bucket of ``per_minute`` capacity that starts full and refills continuously."""
+
+    def __init__(self, per_minute: float) -> None:
+        self.capacity = per_minute
+        self.rate = per_minute / 60.0
+        self.level = per_minute
+        self._stamp = time.monotonic()
+
+    def _refill(self) -> None:
+        now = time.monotonic()
+        self.level = min(self.capacity, self.level + (now - self._stamp) * self.rate)
+        self._stamp = now
+
+    def wait_for(self, amount: float) -> float:
+        """Seconds until ``amount`` is available (0 when it is now)."""
+        self._refill()
+        # A request bigger than the whole bucket waits for a full bucket, then goes.
+        missing = min(amount, self.capacity) - self.level
+        return 0.0 if missing <= 0 else missing / self.rate
+
+    def take(self, amount: float) -> None:
+        """Spend ``amount`` (the level may go negative: a debt paid by waiting)."""
+        self._refill()
+        self.level -= amount
+
+    def give_back(self, amount: float) -> None:
+        """Refund an over-estimate (or charge an under-estimate, when negative)."""
+        self._refill()
+        self.level = min(self.capacity, self.level + amount)
+
+    def cap(self, remaining: float) -> None:
+        """The upstream says only ``remaining`` is left: believe it."""
+        self._refill()
+        self.level = min(self.level, remaining)
+
+
+@dataclass
+class Ticket:
+    """What one admitted request took, to be settled when it ends."""
+
+    input_tokens: float
+    output_tokens: float
+    released: bool = False
+
+
+class Scheduler:
+    """Admits requests to one upstream within its limits."""
+
+    def __init__(self, name: str, limits: Limits) -> None:
+        self.name = name
+        self.limits = limits
+        self.requests = TokenBucket(limits.rpm) if limits.rpm else None
+        self.tokens = TokenBucket(limits.tpm) if limits.tpm else None
+        self.input_tokens = TokenBucket(limits.input_tpm) if limits.input_tpm else None
+        self.output_tokens = TokenBucket(limits.output_tpm) if limits.output_tpm else None
+        self.concurrency_limit = float(limits.max_concurrency)
+        self.in_flight = 0
+        self.waiting = 0
+        self._paused_until = 0.0
+        self._last_decrease = 0.0
+        self._head = asyncio.Lock()  # FIFO: only the oldest waiter looks for capacity
+        self._changed = asyncio.Event()
+
+    @property
+    def queue_depth(self) -> int:
+        """Requests waiting for capacity."""
+        return self.waiting
+
+    async def acquire(self, input_tokens: float, output_tokens: float) -> Ticket:
+        """Wait for capacity (FIFO) or raise 429 when the queue is full."""
+        if self.waiting >= self.limits.max_queue:
+            retry = max(1, round(self._pause_left() or 1))
+            raise GatewayError(
+                429,
+                f"upstream '{self.name}' queue is full ({self.limits.max_queue} waiting); retry later",
+                "rate_limit_error",
+                "queue_full",
+                headers={"Retry-After": str(retry)},
+            )
+        self.waiting += 1
+        try:
+            async with self._head:
+                while (delay := self._delay(input_tokens, output_tokens)) != 0.0:
+                    self._changed.clear()
+                    try:
+                        await asyncio.wait_for(self._changed.wait(), delay)
+                    except asyncio.TimeoutError:
+                        pass  # a bucket has refilled or a pause has ended
+                self._take(input_tokens, output_tokens)
+        finally:
+            self.waiting -= 1
+        return Ticket(input_tokens, output_tokens)
+
+    def _pause_left(self) -> float:
+        return max(0.0, self._paused_until - time.monotonic())
+
+    def _delay(self, input_tokens: float, output_tokens: float) -> float | None:
+        """0 when the request may go now; else seconds to wait (None: until a slot frees)."""
+        waits = [self._pause_left()]
+        if self.requests:
+            waits.append(self.requests.wait_for(1))
+        if self.tokens:
+            waits.append(self.tokens.wait_for(input_tokens + output_tokens))
+        if self.input_tokens:
+            waits.append(self.input_tokens.wait_for(input_tokens))
+        if self.output_tokens:
+            waits.append(self.output_tokens.wait_for(output_tokens))
+        longest = max(waits)
+        if longest > 0:
+            return longest
+        return 0.0 if self.in_flight < int(self.concurrency_limit) else None
+
+    def _take(self, input_tokens: float, output_tokens: float) -> None:
+        self.in_flight += 1
+        if self.requests:
+            self.requests.take(1)
+        if self.tokens:
+            self.tokens.take(input_tokens + output_tokens)
+        if self.input_tokens:
+            self.input_tokens.take(input_tokens)
+        if self.output_tokens:
+            self.output_tokens.take(output_tokens)
+
+    def release(
+        self, ticket: Ticket, usage: Mapping[str, int] | None = None, headers: Mapping[str, str] | None = None
+    ) -> None:
+        """Free the slot; refund estimates against real ``usage``; believe rate-limit ``headers``."""
+        if ticket.released:
+            return
+        ticket.released = True
+        self.in_flight -= 1
+        if usage:
+            extra_in = ticket.input_tokens - usage.get("prompt_tokens", ticket.input_tokens)
+            extra_out = ticket.output_tokens - usage.get("completion_tokens", ticket.output_tokens)
+            if self.tokens:
+                self.tokens.give_back(extra_in + extra_out)
+            if self.input_tokens:
+                self.input_tokens.give_back(extra_in)
+            if self.output_tokens:
+                self.output_tokens.give_back(extra_out)
+        if headers:
+            self._believe(headers)
+        self._changed.set()
+
+    def succeeded(self) -> None:
+        """Additive increase: about one more slot per window of successes."""
+        limit = self.limits.max_concurrency
+        self.concurrency_limit = min(limit, self.concurrency_limit + 1.0 / max(1.0, self.concurrency_limit))
+        self._changed.set()
+
+    def throttled(self, retry_after: float | None) -> None:
+        """Multiplicative decrease on a 429 (once per burst), and pause as long as asked."""
+        now = time.monotonic()
+        if now - self._last_decrease > 1.0:
+            self.concurrency_limit = max(1.0, self.concurrency_limit / 2)
+            self._last_decrease = now
+        if retry_after:
+            self._paused_until = max(self._paused_until, now + min(retry_after, MAX_PAUSE_S))
+
+    def _believe(self, headers: Mapping[str, str]) -> None:
+        for header, bucket in (
+            ("x-ratelimit-remaining-requests", self.requests),
+            ("x-ratelimit-remaining-tokens", self.tokens or self.input_tokens),
+        ):
+            value = headers.get(header)
+            if bucket is not None and value is not None:
+                try:
+                    bucket.cap(float(value))
+                except ValueError:
+                    pass
