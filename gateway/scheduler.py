@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from gateway.errors import GatewayError
@@ -37,14 +37,15 @@ class Limits:
 class TokenBucket:
     """A bucket of ``per_minute`` capacity that starts full and refills continuously."""
 
-    def __init__(self, per_minute: float) -> None:
+    def __init__(self, per_minute: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.capacity = per_minute
         self.rate = per_minute / 60.0
         self.level = per_minute
-        self._stamp = time.monotonic()
+        self._clock = clock
+        self._stamp = clock()
 
     def _refill(self) -> None:
-        now = time.monotonic()
+        now = self._clock()
         self.level = min(self.capacity, self.level + (now - self._stamp) * self.rate)
         self._stamp = now
 

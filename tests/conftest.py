@@ -10,10 +10,12 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from gateway.app import create_app
+from gateway.app import PIPELINE, create_app
 from gateway.config import GatewayConfig, parse_config
+from gateway.upstream import Upstream
 from tests.upstreams import CountingRelay, VLLMServer, vllm_available
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -49,10 +51,15 @@ class RunningGateway:
     url: str
     config: GatewayConfig
     session: aiohttp.ClientSession
+    app: web.Application
 
     @property
     def cache_dir(self) -> Path:
         return self.config.cache_dir
+
+    def upstream(self, model: str) -> Upstream:
+        """The scheduling layer in front of ``model``'s provider."""
+        return self.app[PIPELINE].upstreams[model]
 
     async def post(self, path: str, body: Any, **kwargs: Any) -> aiohttp.ClientResponse:
         """POST JSON (or raw bytes) and read the whole body."""
@@ -79,7 +86,7 @@ async def make_gateway(tmp_path: Path) -> AsyncIterator[GatewayFactory]:
         servers.append(server)
         session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
         sessions.append(session)
-        return RunningGateway(str(server.make_url("")).rstrip("/"), config, session)
+        return RunningGateway(str(server.make_url("")).rstrip("/"), config, session, server.app)
 
     yield start
     for session in sessions:

@@ -8,6 +8,7 @@ client's timeout, a connection dropped mid-body, invalid JSON, a torn event stre
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -43,7 +44,9 @@ class StandIn:
     def __init__(self) -> None:
         self.script: list[Fault] = []
         self.calls: Counter[str] = Counter()
-        self.released = asyncio.Event()  # hangs last until the test ends
+        self.arrivals: list[float] = []  # monotonic time of each request, for rate checks
+        self.arrived = asyncio.Event()  # set on every arrival; tests clear it to wait for the next
+        self.released = asyncio.Event()  # hangs last until a test releases them (or the end)
         self.port = 0
         self._runner: web.AppRunner | None = None
 
@@ -72,6 +75,8 @@ class StandIn:
 
     async def _completions(self, request: web.Request) -> web.StreamResponse:
         self.calls[request.path] += 1
+        self.arrivals.append(time.monotonic())
+        self.arrived.set()
         body = await request.json()
         prompt = str(body.get("prompt") or body.get("messages"))
         fault = self.script.pop(0) if self.script else None
@@ -89,7 +94,7 @@ class StandIn:
             )
         if fault.kind == "hang":
             await self.released.wait()
-            return web.Response(status=200)
+            return web.Response(body=orjson.dumps(completion_body(prompt)), content_type="application/json")
         if fault.kind == "invalid_json":
             return web.Response(body=b'{"choices": [', content_type="application/json")
         if fault.kind == "torn_stream":

@@ -1,0 +1,251 @@
+"""Upstream scheduling: retries, rate limits, adaptive concurrency, backpressure, micro-batching."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import orjson
+import pytest
+
+from cache.records import read_records, shard_paths
+from cache.runs import run_dir
+from gateway.scheduler import Limits, Scheduler, TokenBucket
+from tests.conftest import GatewayFactory, RunningGateway, model_yaml
+from tests.standin import Fault, StandIn
+from tests.upstreams import CountingRelay
+
+BODY = {"model": "standin", "prompt": "hello", "max_tokens": 4}
+FAST_RETRIES = "{attempts: 3, initial_s: 0.01, max_s: 0.05}"
+
+
+@pytest.fixture
+async def standin() -> AsyncIterator[StandIn]:
+    server = StandIn()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+async def other_standin() -> AsyncIterator[StandIn]:
+    server = StandIn()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+def records(gateway: RunningGateway, run_id: str = "default") -> list[dict]:
+    return list(read_records(shard_paths(run_dir(gateway.cache_dir, run_id))))
+
+
+async def gateway_for(make_gateway: GatewayFactory, standin: StandIn, **extra: object) -> RunningGateway:
+    extra.setdefault("retries", FAST_RETRIES)
+    extra.setdefault("timeout_s", 0.5)
+    return await make_gateway(model_yaml(standin.api_base, name="standin", **extra))
+
+
+# -- retries -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "faults",
+    [
+        [Fault("status", 429, headers={"Retry-After": "0"})],
+        [Fault("status", 429, headers={"retry-after-ms": "10"})],
+        [Fault("status", 429)],
+        [Fault("status", 500), Fault("status", 503)],
+        [Fault("hang")],
+        [Fault("drop")],
+        [Fault("invalid_json")],
+    ],
+    ids=[
+        "429-retry-after",
+        "429-retry-after-ms",
+        "429-bare",
+        "500-then-503",
+        "timeout",
+        "dropped",
+        "invalid-json",
+    ],
+)
+async def test_failures_that_may_pass_are_retried_and_every_attempt_is_recorded(
+    make_gateway: GatewayFactory, standin: StandIn, faults: list[Fault]
+) -> None:
+    gateway = await gateway_for(make_gateway, standin)
+    standin.script = list(faults)
+    response = await gateway.post("/v1/completions", BODY)
+    assert response.status == 200
+    assert standin.calls["/v1/completions"] == len(faults) + 1
+    (record,) = records(gateway)
+    assert record["attempts"] == len(faults) + 1
+    assert len(record["failed_attempts"]) == len(faults)
+    assert (await gateway.post("/v1/completions", BODY)).headers["X-Cache"] == "hit"
+
+
+async def test_other_client_errors_are_never_retried(make_gateway: GatewayFactory, standin: StandIn) -> None:
+    gateway = await gateway_for(make_gateway, standin)
+    standin.script = [Fault("status", 422, "bad logit_bias")]
+    response = await gateway.post("/v1/completions", BODY)
+    assert response.status == 422
+    assert standin.calls["/v1/completions"] == 1
+
+
+async def test_exhausted_retries_give_the_last_error_and_cache_nothing(
+    make_gateway: GatewayFactory, standin: StandIn
+) -> None:
+    gateway = await gateway_for(make_gateway, standin)
+    standin.script = [
+        Fault("status", 500, "first"),
+        Fault("status", 502, "second"),
+        Fault("status", 503, "third"),
+    ]
+    response = await gateway.post("/v1/completions", BODY)
+    assert response.status == 503
+    assert "third" in orjson.loads(await response.read())["error"]["message"]
+    (record,) = records(gateway)
+    assert [a["status"] for a in record["failed_attempts"]] == [500, 502, 503]
+    assert record["attempts"] == 3 and record["status"] == 503
+    assert (await gateway.post("/v1/completions", BODY)).headers["X-Cache"] == "miss"
+
+
+# -- limits ----------------------------------------------------------------------
+
+
+async def test_rpm_limit_holds_over_a_burst(make_gateway: GatewayFactory, standin: StandIn) -> None:
+    # 60 rpm: a full bucket lets 60 go at once, then one a second.
+    gateway = await gateway_for(make_gateway, standin, rpm=60)
+    burst = [{**BODY, "prompt": f"p{i}"} for i in range(63)]
+    responses = await asyncio.gather(*(gateway.post("/v1/completions", b) for b in burst))
+    assert all(r.status == 200 for r in responses)
+    arrivals = sorted(standin.arrivals)
+    assert len(arrivals) == 63
+    jitter = 0.05  # seconds between leaving the gateway and arriving here
+    for i, start in enumerate(arrivals):  # in every window, at most the bucket plus its refill
+        for j in range(i, len(arrivals)):
+            assert j - i + 1 <= 60 + (arrivals[j] - start + jitter) * 1.0
+
+
+async def test_tpm_limit_holds_input_plus_expected_output(
+    make_gateway: GatewayFactory, standin: StandIn
+) -> None:
+    # 60 tokens a minute; each request reserves 1 prompt token + 10 for max_tokens: 5 fit.
+    gateway = await gateway_for(make_gateway, standin, tpm=60, timeout_s=30)
+    standin.script = [Fault("hang") for _ in range(8)]
+    body = {**BODY, "max_tokens": 10}
+    tasks = [
+        asyncio.ensure_future(gateway.post("/v1/completions", {**body, "prompt": f"q{i}"})) for i in range(8)
+    ]
+    while standin.calls["/v1/completions"] < 5:
+        standin.arrived.clear()
+        await standin.arrived.wait()
+    scheduler = gateway.upstream("standin").scheduler
+    assert standin.calls["/v1/completions"] == 5
+    assert scheduler.queue_depth == 3  # the sixth needs 6 more tokens: 6 s of refill
+    for task in tasks:
+        task.cancel()
+    standin.released.set()
+
+
+async def test_a_full_queue_answers_429_with_retry_after(
+    make_gateway: GatewayFactory, standin: StandIn
+) -> None:
+    gateway = await gateway_for(make_gateway, standin, max_concurrency=1, max_queue=2, timeout_s=30)
+    standin.script = [Fault("hang")]
+    first = asyncio.ensure_future(gateway.post("/v1/completions", {**BODY, "prompt": "a"}))
+    await standin.arrived.wait()
+    queued = [asyncio.ensure_future(gateway.post("/v1/completions", {**BODY, "prompt": p})) for p in "bc"]
+    scheduler = gateway.upstream("standin").scheduler
+    while scheduler.queue_depth < 2:
+        await asyncio.sleep(0)  # let the two queued requests reach the scheduler
+    rejected = await gateway.post("/v1/completions", {**BODY, "prompt": "d"})
+    assert rejected.status == 429
+    assert int(rejected.headers["Retry-After"]) >= 1
+    assert orjson.loads(await rejected.read())["error"]["code"] == "queue_full"
+    standin.released.set()
+    assert [r.status for r in await asyncio.gather(first, *queued)] == [200, 200, 200]
+
+
+async def test_429s_shrink_only_that_upstreams_concurrency_and_successes_grow_it_back(
+    make_gateway: GatewayFactory, standin: StandIn, other_standin: StandIn
+) -> None:
+    config = model_yaml(standin.api_base, name="standin", retries=FAST_RETRIES) + "\n".join(
+        model_yaml(other_standin.api_base, name="other").splitlines()[1:]
+    )
+    gateway = await make_gateway(config + "\n")
+    throttled, healthy = gateway.upstream("standin").scheduler, gateway.upstream("other").scheduler
+    standin.script = [Fault("status", 429, headers={"Retry-After": "1"})]
+    slow = asyncio.ensure_future(gateway.post("/v1/completions", BODY))
+    await standin.arrived.wait()
+    other = await gateway.post("/v1/completions", {**BODY, "model": "other"})
+    assert other.status == 200 and not slow.done()  # the other upstream is not paused
+    assert (await slow).status == 200
+    assert throttled.concurrency_limit < 33 and healthy.concurrency_limit == 64
+    shrunk = throttled.concurrency_limit
+    for i in range(40):
+        await gateway.post("/v1/completions", {**BODY, "prompt": f"grow {i}"})
+    assert throttled.concurrency_limit > shrunk + 1
+
+
+def test_token_bucket_starts_full_refills_continuously_and_refunds() -> None:
+    now = [0.0]
+    bucket = TokenBucket(120, clock=lambda: now[0])  # 2 a second
+    assert bucket.wait_for(120) == 0
+    bucket.take(120)
+    assert bucket.wait_for(1) == pytest.approx(0.5)
+    now[0] = 1.0
+    assert bucket.wait_for(2) == 0
+    bucket.give_back(50)
+    assert bucket.level == pytest.approx(52)
+    bucket.cap(10)  # the upstream says only 10 are left
+    assert bucket.level == 10
+
+
+async def test_scheduler_is_fifo_and_continuous() -> None:
+    scheduler = Scheduler("s", Limits(max_concurrency=2))
+    order: list[int] = []
+
+    async def job(i: int) -> None:
+        ticket = await scheduler.acquire(1, 1)
+        order.append(i)
+        await asyncio.sleep(0)
+        scheduler.release(ticket)
+
+    await asyncio.gather(*(job(i) for i in range(10)))
+    assert order == list(range(10))
+    assert scheduler.in_flight == 0
+
+
+# -- micro-batching ----------------------------------------------------------------
+
+
+async def test_micro_batching_sends_fewer_calls_and_each_client_gets_its_own_answer(
+    relay: CountingRelay, make_gateway: GatewayFactory, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    batched = await make_gateway(
+        model_yaml(relay.url + "/v1", batching="{window_ms: 200, max_batch: 8}"), cache_dir=tmp_path / "b"
+    )
+    alone = await make_gateway(model_yaml(relay.url + "/v1"), cache_dir=tmp_path / "a")
+    loglikelihood = {
+        "model": "smollm2",
+        "temperature": 0,
+        "max_tokens": 1,
+        "logprobs": 1,
+        "echo": True,
+        "seed": 1234,
+    }
+    bodies = [{**loglikelihood, "prompt": [f"Question {i}: what is {i} plus {i}? Answer:"]} for i in range(8)]
+    together = await asyncio.gather(*(batched.post("/runs/b/v1/completions", b) for b in bodies))
+    batched_calls = relay.calls["/v1/completions"]
+    singles = [await alone.post("/runs/a/v1/completions", b) for b in bodies]
+    assert batched_calls < 8 and batched_calls <= 2
+    assert relay.calls["/v1/completions"] == batched_calls + 8
+    assert [r.headers["X-Cache"] for r in together] == ["batched"] * 8
+    for mine, single in zip(together, singles, strict=True):
+        a, b = orjson.loads(await mine.read()), orjson.loads(await single.read())
+        assert a["choices"] == b["choices"]
+        assert a["usage"]["prompt_tokens"] == b["usage"]["prompt_tokens"]
+    served = [r["served"] for r in records(batched, "b")]
+    assert served == ["batched"] * 8
+    again = await batched.post("/runs/b/v1/completions", bodies[3])
+    assert again.headers["X-Cache"] == "hit" and await again.read() == await together[3].read()
