@@ -246,6 +246,12 @@ def gateway_command(config: Path, cache_dir: Path, port: int, uvloop: bool = Fal
     return [*head, "serve", "--config", str(config), "--cache-dir", str(cache_dir), "--port", str(port)]
 
 
+def gateway_env(uvloop: Path | None) -> dict[str, str]:
+    """Import the gateway from this checkout (whatever the venv points at), and uvloop when asked."""
+    paths = [str(ROOT), *([str(uvloop)] if uvloop else []), os.environ.get("PYTHONPATH", "")]
+    return {"PYTHONPATH": os.pathsep.join(p for p in paths if p)}
+
+
 def uvloop_path() -> Path:
     """A private copy of uvloop for the wrapper, installed once for this Python; never in the project venv."""
     home = Path(os.environ.get("REPLAYGATE_HOME", Path.home() / ".cache" / "replaygate"))
@@ -550,6 +556,19 @@ def servers_stopped(servers: list[Server]) -> Iterator[None]:
             server.stop()
 
 
+def revision() -> str:
+    """The commit measured, and whether the gateway's code had uncommitted changes."""
+    head = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, stdout=subprocess.PIPE, text=True
+    )
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "gateway", "cache"], cwd=ROOT, stdout=subprocess.PIPE, text=True
+    )
+    if head.returncode != 0:
+        return "an unknown commit"
+    return f"commit {head.stdout.strip()}" + (" with uncommitted changes" if dirty.stdout.strip() else "")
+
+
 def versions(lite_venv: Path | None) -> str:
     import aiohttp
 
@@ -610,7 +629,7 @@ def main() -> None:
             # Start-up first, while nothing else is busy: fresh processes, fresh cache dirs.
             variants = [("gateway", False)] + ([] if uv_path is None else [("gateway+uvloop", True)])
             for name, uv in variants:
-                env = {"PYTHONPATH": str(uv_path)} if uv else None
+                env = gateway_env(uv_path if uv else None)
                 for i in range(args.startup_reps):
                     port = free_port()
                     cmd = gateway_command(config, tmp / f"start-{name}-{i}", port, uvloop=uv)
@@ -620,7 +639,7 @@ def main() -> None:
                 print(f"{name}: start-up {statistics.median(results.startup[name]):.2f} s", file=sys.stderr)
 
             for name, uv in variants:
-                env = {"PYTHONPATH": str(uv_path)} if uv else None
+                env = gateway_env(uv_path if uv else None)
                 port = free_port()
                 cmd = gateway_command(config, tmp / f"cache-{name}", port, uvloop=uv)
                 servers.append(launch(name, cmd, port, "/healthz", logs / f"{name}.log", env))
@@ -685,7 +704,7 @@ def main() -> None:
     section = [
         "## Gateway",
         "",
-        f"Measured {when} with `{command}` (from the repository root, the project venv's python),",
+        f"Measured {when} at {revision()} with `{command}` (from the repository root),",
         f"on {os.cpu_count()} cores, shared: load average {load_before[0]:.2f} before, "
         f"{load_after[0]:.2f} after; other engineers' tests may have been running. {versions(lite_venv)}.",
         f"wrk (1 thread) drives every target in turn, {args.duration:g} s a run after {args.warmup:g} s of",

@@ -8,7 +8,11 @@ python="${PYTHON:-python3.11}"
 if [ ! -x "$venv/bin/litellm" ] || ! "$venv/bin/python" -c "import diskcache, litellm.proxy" 2>/dev/null; then
     echo "setup_litellm: building $venv (a few minutes, once)" >&2
     "$python" -m venv "$venv"
-    "$venv/bin/pip" install -q --upgrade pip >&2
-    "$venv/bin/pip" install -q 'litellm[proxy]' diskcache >&2
+    log="$venv/install.log"
+    if ! { "$venv/bin/pip" install -q --upgrade pip && "$venv/bin/pip" install -q 'litellm[proxy]' diskcache; } \
+        >"$log" 2>&1; then
+        echo "setup_litellm: pip failed; see $log" >&2
+        exit 1
+    fi
 fi
 echo "$venv"
