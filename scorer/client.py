@@ -1,0 +1,124 @@
+"""The only part of the scorer that talks to a model: an HTTP client for the gateway, used by `scorer run`.
+
+Every request goes to the run's own root (``/runs/<run_id>/…``) so the gateway
+records it under the run. Requests are sent with bounded concurrency, and the
+key the gateway answers with (``X-Record-Key``) is checked against the key the
+scorer computed: a mismatch means `scorer score` could not find the answer
+later, so it stops the run at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Iterable
+from typing import Any
+
+import aiohttp
+import orjson
+from tqdm import tqdm
+
+from scorer.errors import BadInput, GatewayFailure
+from scorer.requests import Request
+from scorer.tokenizer import TOKENIZE, tokenize_body, tokenize_key
+
+RETRY_STATUSES = {502, 503, 504}
+
+
+class GatewayClient:
+    """Sends a run's requests to the gateway."""
+
+    def __init__(
+        self, gateway: str, run_id: str, concurrency: int = 8, timeout_s: float = 600, attempts: int = 3
+    ):
+        self.root = f"{gateway.rstrip('/')}/runs/{run_id}"
+        self.concurrency = concurrency
+        self.timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self.attempts = attempts
+        self._session: aiohttp.ClientSession | None = None
+        self.sent = 0
+
+    async def __aenter__(self) -> GatewayClient:
+        self._session = aiohttp.ClientSession(
+            timeout=self.timeout, connector=aiohttp.TCPConnector(limit=self.concurrency)
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        assert self._session is not None, "use GatewayClient as an async context manager"
+        return self._session
+
+    async def upstream_model(self, model: str) -> str:
+        """The upstream name of ``model`` (what cache keys use), from ``GET /v1/models``."""
+        try:
+            async with self.session.get(self.root + "/v1/models") as response:
+                data = await response.json(content_type=None)
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+            raise GatewayFailure(f"gateway {self.root}: cannot list models: {exc}") from exc
+        models = {m["id"]: m for m in data.get("data", []) if isinstance(m, dict) and "id" in m}
+        if model not in models:
+            raise BadInput(f"model {model!r} is not served by the gateway (it serves {', '.join(models)})")
+        return str(models[model].get("upstream_model") or model)
+
+    async def _post(self, path: str, body: dict[str, Any], key: str) -> dict[str, Any]:
+        payload = orjson.dumps(body)
+        last = ""
+        for attempt in range(self.attempts):
+            try:
+                async with self.session.post(
+                    self.root + path, data=payload, headers={"Content-Type": "application/json"}
+                ) as response:
+                    raw = await response.read()
+                    if response.status == 200:
+                        got = response.headers.get("X-Record-Key")
+                        if got != key:
+                            raise GatewayFailure(
+                                f"the gateway keyed a {path} request {got}, the scorer computed {key}: "
+                                "their canonicalisers differ, so `scorer score` could not find this answer"
+                            )
+                        self.sent += 1
+                        return dict(orjson.loads(raw))
+                    last = f"HTTP {response.status}: {raw[:300].decode(errors='replace')}"
+                    if response.status not in RETRY_STATUSES:
+                        break
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                last = f"{type(exc).__name__}: {exc}"
+            await asyncio.sleep(min(8.0, 0.5 * 2**attempt))  # back off before the next attempt
+        raise GatewayFailure(f"gateway {self.root}{path} failed: {last}")
+
+    async def _all(self, jobs: list[tuple[str, dict[str, Any], str]], desc: str) -> list[dict[str, Any]]:
+        limit = asyncio.Semaphore(self.concurrency)
+        bar = tqdm(total=len(jobs), desc=desc, file=sys.stderr, unit="req", leave=False)
+
+        async def one(path: str, body: dict[str, Any], key: str) -> dict[str, Any]:
+            async with limit:
+                result = await self._post(path, body, key)
+            bar.update(1)
+            return result
+
+        try:
+            return await asyncio.gather(*(one(*job) for job in jobs))
+        finally:
+            bar.close()
+
+    async def tokenize(self, model: str, upstream_model: str, texts: Iterable[str]) -> dict[str, list[int]]:
+        """Token ids of each distinct text, from the gateway's ``/tokenize`` (cached there)."""
+        distinct = list(dict.fromkeys(texts))
+        jobs = [
+            (TOKENIZE, {"model": model, **tokenize_body(t)}, tokenize_key(upstream_model, t))
+            for t in distinct
+        ]
+        answers = await self._all(jobs, "tokenize")
+        return {t: list(a["tokens"]) for t, a in zip(distinct, answers, strict=True)}
+
+    async def send(self, requests: Iterable[Request], desc: str) -> dict[str, dict[str, Any]]:
+        """Send each distinct request once; responses by key."""
+        distinct = {r.key: r for r in requests}
+        jobs = [(r.endpoint, r.body, r.key) for r in distinct.values()]
+        answers = await self._all(jobs, desc)
+        return dict(zip(distinct, answers, strict=True))

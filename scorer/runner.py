@@ -1,0 +1,185 @@
+"""`scorer run`: build each task's train and eval rounds, send them through the gateway, keep the manifest.
+
+Order of effects: every task is loaded and validated, and the gateway asked
+which upstream serves the model, before anything is written; then the
+manifest and document snapshots are stored; then the rounds are sent. A
+round sends each distinct request once (identical prompts share one request),
+and a second run of the same settings finds every answer in the gateway's
+cache. Scoring afterwards goes through `scorer score`'s own path, reading
+the cache, so a run's numbers and a later re-score's are the same by
+construction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from scorer.client import GatewayClient
+from scorer.docs import load_docs
+from scorer.errors import BadInput
+from scorer.manifest import Manifest, TaskEntry
+from scorer.prompts import fewshot_indices
+from scorer.replay import cached_responses, cached_tokens, train_answers
+from scorer.requests import ModelSettings, RequestBuilder
+from scorer.rounds import DocPlan, Documents, eval_plan, texts_needed, train_plan, with_table
+from scorer.store import ResponseReader, RunFolder
+from scorer.tasks import TaskConfig, parse_task
+from scorer.tokenizer import Tokenizer
+
+
+@dataclass
+class RunOptions:
+    """Everything `scorer run` was asked for."""
+
+    tasks: list[TaskConfig]
+    model: str
+    gateway: str
+    run_id: str
+    cache_dir: Path
+    num_fewshot: int | None = None
+    limit: int | None = None
+    skip_train: bool = False
+    skip_eval: bool = False
+    gen_kwargs: dict[str, Any] = field(default_factory=dict)
+    seed: int = 1234
+    concurrency: int = 8
+
+
+@dataclass
+class RunReport:
+    """What a run sent: distinct requests per task and round."""
+
+    sent: dict[str, int] = field(default_factory=dict)
+
+
+def _with_fewshot(task: TaskConfig, num: int | None) -> TaskConfig:
+    if num is None:
+        return task
+    raw = {**task.raw, "fewshot": {**task.raw["fewshot"], "num": num}}
+    return parse_task(raw, f"task {task.name} with --num-fewshot {num}")
+
+
+def gather_documents(task: TaskConfig, limit: int | None, seed: int) -> tuple[Documents, int]:
+    """The evaluated documents (first ``limit``), the train examples they use, and the split's size."""
+    where = f"task {task.name}"
+    eval_all = load_docs(task.raw["dataset"], task.raw["eval_split"], where)
+    n_total = len(eval_all)
+    chosen = eval_all if limit is None else eval_all[:limit]
+    eval_docs = dict(enumerate(chosen))
+    train: dict[int, dict[str, Any]] = {}
+    pool_size = 0
+    train_split = task.raw["train_split"] or task.raw["eval_split"]
+    same = train_split == task.raw["eval_split"]
+    if task.num_fewshot > 0:
+        pool = eval_all if same else load_docs(task.raw["dataset"], train_split, where)
+        pool_size = len(pool)
+        for doc_id in eval_docs:
+            for i in fewshot_indices(task, doc_id, pool_size, seed, same):
+                train[i] = pool[i]
+    return Documents(eval_docs, train, pool_size, same), n_total
+
+
+def _manifest(folder: RunFolder, options: RunOptions, upstream: str) -> Manifest:
+    fresh = Manifest(
+        options.run_id,
+        options.model,
+        upstream,
+        options.gateway,
+        options.seed,
+        options.limit,
+        options.gen_kwargs,
+    )
+    if not folder.has_manifest():
+        return fresh
+    old = folder.read_manifest()
+    same = (old.model, old.upstream_model, old.seed, old.gen_kwargs) == (
+        options.model,
+        upstream,
+        options.seed,
+        options.gen_kwargs,
+    )
+    if not same:
+        raise BadInput(
+            f"run {options.run_id!r} was made with model {old.model}, seed {old.seed}, gen kwargs "
+            f"{old.gen_kwargs}; use another --run-id for other settings"
+        )
+    old.gateway, old.limit = options.gateway, options.limit
+    return old
+
+
+async def run(options: RunOptions) -> RunReport:
+    """Send the rounds of every task and store the manifest. Scoring is the caller's next step."""
+    folder = RunFolder(options.cache_dir, options.run_id)
+    tasks = [_with_fewshot(t, options.num_fewshot) for t in options.tasks]
+    prepared = [(t, *gather_documents(t, options.limit, options.seed)) for t in tasks]
+    report = RunReport()
+    async with GatewayClient(options.gateway, options.run_id, options.concurrency) as client:
+        upstream = await client.upstream_model(options.model)
+        manifest = _manifest(folder, options, upstream)
+        settings = ModelSettings(options.model, upstream, options.seed, options.gen_kwargs or None)
+        for task, docs, n_total in prepared:
+            manifest.tasks[task.name] = TaskEntry(task.raw, len(docs.eval), n_total, docs.train_pool_size)
+            folder.write_docs(task.name, "eval", docs.eval)
+            folder.write_docs(task.name, "train", docs.train)
+        folder.write_manifest(manifest)
+
+        for task, docs, _ in prepared:
+
+            def builder(tok: Tokenizer, task: TaskConfig = task) -> RequestBuilder:
+                return RequestBuilder(task, settings, tok)
+
+            async def planned(build: Callable[[Tokenizer], list[DocPlan]]) -> list[DocPlan]:
+                texts = texts_needed(build)
+                table = await client.tokenize(options.model, upstream, texts) if texts else {}
+                return with_table(build, table)
+
+            answers = None
+            if task.fewshot_from_model:
+
+                def build_train(
+                    tok: Tokenizer, task: TaskConfig = task, docs: Documents = docs
+                ) -> list[DocPlan]:
+                    return train_plan(task, docs, builder(tok, task))
+
+                if options.skip_train:  # the train answers must already be in the cache: read, never send
+                    reader = ResponseReader(options.cache_dir, options.run_id)
+                    try:
+                        texts = texts_needed(build_train)
+                        train = with_table(build_train, cached_tokens(reader, upstream, task.name, texts))
+                        responses = cached_responses(reader, train, task.name)
+                    finally:
+                        reader.close()
+                else:
+                    train = await planned(build_train)
+                    responses = await client.send(
+                        (r for p in train for r in p.requests), f"{task.name} train"
+                    )
+                    report.sent[f"{task.name}/train"] = len(responses)
+                    _mark(manifest, "train", task.name)
+                answers = train_answers(train, responses)
+            if options.skip_eval:
+                continue
+
+            def build_eval(
+                tok: Tokenizer,
+                task: TaskConfig = task,
+                docs: Documents = docs,
+                answers: dict[int, str] | None = answers,
+            ) -> list[DocPlan]:
+                return eval_plan(task, docs, builder(tok, task), options.seed, answers)
+
+            plans = await planned(build_eval)
+            responses = await client.send((r for p in plans for r in p.requests), f"{task.name} eval")
+            report.sent[f"{task.name}/eval"] = len(responses)
+            _mark(manifest, "eval", task.name)
+        folder.write_manifest(manifest)
+    return report
+
+
+def _mark(manifest: Manifest, round_name: str, task: str) -> None:
+    done = manifest.rounds.setdefault(round_name, [])
+    if task not in done:
+        done.append(task)
