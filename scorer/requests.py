@@ -62,19 +62,23 @@ class RequestBuilder:
         self.settings = settings
         self.tokenizer = tokenizer
         self.max_length = int(task.raw["max_length"]) - 1  # lm-eval keeps one token for generation
+        self._gen = self._generation_kwargs()
 
     def _request(self, endpoint: str, body: dict[str, Any], ctxlen: int = 0) -> Request:
         return Request(request_key(endpoint, self.settings.upstream_model, body), endpoint, body, ctxlen)
 
-    def generation_kwargs(self) -> dict[str, Any]:
-        """The task's generation kwargs with the run's overrides applied."""
+    def _generation_kwargs(self) -> dict[str, Any]:
         kwargs = copy.deepcopy(self.task.raw["generation_kwargs"] or {})
-        kwargs.update(self.settings.gen_kwargs or {})
+        kwargs.update(copy.deepcopy(self.settings.gen_kwargs or {}))
         return kwargs
+
+    def generation_kwargs(self) -> dict[str, Any]:
+        """The task's generation kwargs with the run's overrides applied (a fresh copy)."""
+        return copy.deepcopy(self._gen)
 
     def generate(self, context: str) -> Request:
         """A ``generate_until`` request for ``context``."""
-        gen = self.generation_kwargs()
+        gen = dict(self._gen)  # values are never mutated below, so a shallow copy is enough
         gen.pop("do_sample", None)
         truncate_for = int(gen.get("max_gen_toks", DEFAULT_MAX_GEN_TOKS))
         max_tokens = (

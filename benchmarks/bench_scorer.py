@@ -1,0 +1,51 @@
+"""`scorer score` throughput and peak memory on a synthetic run of cached responses.
+
+Writes a run of N generate_until samples (one cached completion and one cached /tokenize answer
+each) into a fresh store, then times `scorer score RUN` as a user runs it (a child process, so
+the time includes start-up) and reads the child's peak resident memory.
+
+    .venv/bin/python benchmarks/bench_scorer.py --samples 100000
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.scorer_synthetic import generate_task, write_run  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samples", type=int, default=100_000)
+    parser.add_argument("--cache-dir", type=Path, default=None, help="default: a temporary folder")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        store = args.cache_dir or Path(tmp) / "store"
+        docs = [{"q": f"{i} + 1", "a": str(i + 1)} for i in range(args.samples)]
+        started = time.perf_counter()
+        # every third answer wrong, so exact_match is 2/3
+        write_run(store, "bench", generate_task(), docs, lambda i, d: f" {d['a'] if i % 3 else 'x'}")
+        print(f"wrote {args.samples} samples in {time.perf_counter() - started:.1f}s", file=sys.stderr)
+        started = time.perf_counter()
+        subprocess.run(
+            [sys.executable, "-m", "scorer", "score", "bench", "--cache-dir", str(store)],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        elapsed = time.perf_counter() - started
+        peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        rate = args.samples / elapsed
+        print(f"scorer score: {args.samples} samples in {elapsed:.2f}s = {rate:,.0f} samples/s, ", end="")
+        print(f"peak RSS {peak_mib:.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()
