@@ -28,6 +28,7 @@ DELIVERY_FIELDS = frozenset(
         "request_id",
         "store",
         "service_tier",
+        "api_key",  # a secret, never part of a key (and never forwarded)
     }
 )
 

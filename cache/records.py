@@ -25,7 +25,7 @@ import queue
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -52,8 +52,10 @@ class RecordWriter:
         cache_dir: Path,
         fsync: FsyncPolicy = "interval",
         fsync_interval: float = 1.0,
+        scrub: Callable[[bytes], bytes] | None = None,
     ) -> None:
         self.cache_dir = cache_dir
+        self._scrub = scrub
         self.fsync = fsync
         self.fsync_interval = fsync_interval
         self._shard_name = f"{int(time.time() * 1000)}-{socket.gethostname()}-{os.getpid()}.jsonl"
@@ -71,6 +73,8 @@ class RecordWriter:
     async def append(self, run_id: str, record: dict[str, Any]) -> None:
         """Write one record; returns once it is as durable as the fsync policy says."""
         line = orjson.dumps(record) + b"\n"
+        if self._scrub is not None:  # secrets an upstream echoed never reach the disk
+            line = self._scrub(line)
         done = asyncio.get_running_loop().create_future()
         self._queue.put((run_id, line, done))
         await done

@@ -5,18 +5,23 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from functools import partial
+from typing import Any
 
 import aiohttp
 from aiohttp import web
 
 from cache.index import ResponseIndex
 from cache.records import RecordWriter
+from gateway.auth import Grant, KeyRing
 from gateway.config import GatewayConfig
 from gateway.errors import GatewayError
 from gateway.handlers import Handlers
 from gateway.launcher import LaunchedUpstream
+from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline
+from gateway.pricing import Costs
 from gateway.providers import make_provider
+from gateway.redaction import Redactor
 from gateway.upstream import Upstream
 
 log = logging.getLogger("gateway")
@@ -26,35 +31,48 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 COMPLETION_ENDPOINTS = ("/v1/completions", "/v1/chat/completions")
 TOKENIZER_ENDPOINTS = {"/tokenizer_info": "GET", "/tokenize": "POST", "/detokenize": "POST"}
 PIPELINE = web.AppKey("pipeline", Pipeline)
+METRICS = web.AppKey("metrics", Metrics)
 
 
-@web.middleware
-async def openai_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every failure leaves as an OpenAI-style JSON error, never as a bare 500 page."""
-    try:
-        return await handler(request)
-    except GatewayError as exc:
-        return exc.response()
-    except web.HTTPException as exc:
-        code = "not_found" if exc.status == 404 else "http_error"
-        return GatewayError(
-            exc.status, f"{exc.reason}: {request.method} {request.path}", "invalid_request_error", code
-        ).response()
-    except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        return GatewayError(500, "internal gateway error", "server_error", "internal").response()
+REDACTOR = web.AppKey("redactor", Redactor)
+
+
+def openai_errors(redactor: Redactor) -> Any:
+    """Every failure leaves as OpenAI-style JSON, never as a bare 500 page, never with a secret."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except GatewayError as exc:
+            exc.message = redactor.scrub_text(exc.message)
+            return exc.response()
+        except web.HTTPException as exc:
+            code = "not_found" if exc.status == 404 else "http_error"
+            return GatewayError(
+                exc.status, f"{exc.reason}: {request.method} {request.path}", "invalid_request_error", code
+            ).response()
+        except Exception:
+            log.exception("unhandled error on %s %s", request.method, request.path)
+            return GatewayError(500, "internal gateway error", "server_error", "internal").response()
+
+    return middleware
 
 
 def create_app(config: GatewayConfig) -> web.Application:
     """The gateway for ``config``; upstreams are launched and stores opened on start-up."""
-    app = web.Application(middlewares=[openai_errors], client_max_size=config.max_body_bytes)
-    handlers = Handlers(config)
-    _add_routes(app, handlers)
-    app.cleanup_ctx.append(partial(_resources, config, handlers))
+    redactor = Redactor([key for m in config.models if (key := m.api_key())])
+    app = web.Application(middlewares=[openai_errors(redactor)], client_max_size=config.max_body_bytes)
+    app[REDACTOR] = redactor
+    keys = KeyRing({k.sha256: Grant(k.name, frozenset(k.models), tuple(k.runs)) for k in config.keys})
+    handlers = Handlers(config, keys, redactor)
+    app[METRICS] = Metrics()
+    _add_routes(app, handlers, app[METRICS])
+    app.cleanup_ctx.append(partial(_resources, config, handlers, redactor))
     return app
 
 
-async def _resources(config: GatewayConfig, handlers: Handlers, app: web.Application):  # type: ignore[no-untyped-def]
+async def _resources(config: GatewayConfig, handlers: Handlers, redactor: Redactor, app: web.Application):  # type: ignore[no-untyped-def]
     config.cache_dir.mkdir(parents=True, exist_ok=True)
     session = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
@@ -62,12 +80,16 @@ async def _resources(config: GatewayConfig, handlers: Handlers, app: web.Applica
     )
     launched = [LaunchedUpstream(m, config.cache_dir / "logs") for m in config.models if m.launch]
     index = ResponseIndex(config.cache_dir)
-    records = RecordWriter(config.cache_dir, config.records.fsync, config.records.fsync_interval_s)
+    records = RecordWriter(
+        config.cache_dir, config.records.fsync, config.records.fsync_interval_s, scrub=redactor.scrub
+    )
     try:
         for upstream in launched:
             await upstream.start(session)
         upstreams = {m.name: Upstream(m, make_provider(m, session)) for m in config.models}
-        handlers.pipeline = app[PIPELINE] = Pipeline(index, records, upstreams)
+        metrics = app[METRICS]
+        handlers.pipeline = app[PIPELINE] = Pipeline(index, records, upstreams, Costs(config.models), metrics)
+        metrics.watch(upstreams)
         yield
         for model_upstream in upstreams.values():
             await model_upstream.close()
@@ -79,9 +101,10 @@ async def _resources(config: GatewayConfig, handlers: Handlers, app: web.Applica
         index.close()
 
 
-def _add_routes(app: web.Application, handlers: Handlers) -> None:
+def _add_routes(app: web.Application, handlers: Handlers, metrics: Metrics) -> None:
     router = app.router
     router.add_get("/healthz", handlers.healthz)
+    router.add_get("/metrics", metrics.handle)
     for prefix in ("", "/runs/{run_id}"):
         router.add_get(prefix + "/v1/models", handlers.models)
         for endpoint in COMPLETION_ENDPOINTS:

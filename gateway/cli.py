@@ -36,7 +36,8 @@ def serve(config_path: Path | None, host: str | None, port: int | None, cache_di
     """Serve the OpenAI-compatible gateway."""
     from aiohttp import web
 
-    from gateway.app import create_app
+    from gateway.app import REDACTOR, create_app
+    from gateway.redaction import RedactingFilter
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -49,14 +50,34 @@ def serve(config_path: Path | None, host: str | None, port: int | None, cache_di
         f"http://{config.host}:{config.port} (cache {config.cache_dir})",
         err=True,
     )
+    app = create_app(config)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RedactingFilter(app[REDACTOR]))
     web.run_app(
-        create_app(config),
+        app,
         host=config.host,
         port=config.port,
         access_log=None,
         print=None,
-        handle_signals=True,
+        handle_signals=True,  # SIGTERM/SIGINT: stop accepting, let in-flight requests finish, clean up
+        shutdown_timeout=config.shutdown_timeout_s,
     )
+
+
+@main.group()
+def keys() -> None:
+    """Gateway keys."""
+
+
+@keys.command("hash")
+def hash_key() -> None:
+    """Print the sha256 digest of a key read from stdin, for a config's ``keys`` list."""
+    from gateway.auth import digest
+
+    key = sys.stdin.readline().strip()
+    if not key:
+        raise click.UsageError("no key on stdin")
+    click.echo(digest(key))
 
 
 @main.group()

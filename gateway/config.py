@@ -63,6 +63,13 @@ class BatchingConfig(_Strict):
     max_batch: int = Field(default=32, ge=1, le=1024)
 
 
+class CostConfig(_Strict):
+    """A model's price in USD per million tokens; ``cost: 0`` (or both zero) for a local model."""
+
+    input_per_mtok: float = Field(default=0.0, ge=0)
+    output_per_mtok: float = Field(default=0.0, ge=0)
+
+
 class ModelConfig(_Strict):
     """One model as clients name it, and the upstream that answers for it."""
 
@@ -82,6 +89,12 @@ class ModelConfig(_Strict):
     retries: RetryConfig = RetryConfig()
     batching: BatchingConfig | None = None
     engine_args: dict[str, Any] = Field(default_factory=dict)
+    cost: CostConfig | None = None  # None: litellm's price map, or free when the upstream is local
+
+    @field_validator("cost", mode="before")
+    @classmethod
+    def _free(cls, value: Any) -> Any:
+        return CostConfig() if value == 0 else value
 
     @model_validator(mode="after")
     def _needs_api_base(self) -> ModelConfig:
@@ -119,6 +132,15 @@ class RecordsConfig(_Strict):
     fsync_interval_s: float = 1.0
 
 
+class KeyConfig(_Strict):
+    """A gateway key, stored as its sha256 digest, and what it may do."""
+
+    name: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    models: list[str] = Field(default_factory=lambda: ["*"])
+    runs: list[str] = Field(default_factory=lambda: [""], description="allowed run-id prefixes")
+
+
 class GatewayConfig(_Strict):
     """Everything ``gateway serve`` needs."""
 
@@ -127,6 +149,8 @@ class GatewayConfig(_Strict):
     cache_dir: Path = Field(default_factory=lambda: replaygate_home() / "store")
     max_body_bytes: int = 16 * 1024 * 1024
     records: RecordsConfig = RecordsConfig()
+    shutdown_timeout_s: float = Field(default=30.0, ge=0)
+    keys: list[KeyConfig] = Field(default_factory=list)
     models: list[ModelConfig] = Field(min_length=1)
 
     @field_validator("models")

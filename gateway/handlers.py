@@ -9,9 +9,11 @@ from aiohttp import web
 
 from cache.keys import request_key
 from cache.runs import DEFAULT_RUN, BadRunId, check_run_id
+from gateway.auth import Grant, KeyRing, check, presented_key
 from gateway.config import GatewayConfig, ModelConfig
 from gateway.errors import GatewayError, bad_request
 from gateway.pipeline import CacheMode, Call, Pipeline
+from gateway.redaction import Redactor
 from gateway.validation import validate_body
 
 JSON = "application/json"
@@ -22,8 +24,10 @@ class Handlers:
 
     pipeline: Pipeline  # set when the app starts (it needs the event loop)
 
-    def __init__(self, config: GatewayConfig) -> None:
+    def __init__(self, config: GatewayConfig, keys: KeyRing, redactor: Redactor) -> None:
         self.config = config
+        self.keys = keys
+        self.redactor = redactor
         self._models_body = orjson.dumps(
             {
                 "object": "list",
@@ -48,14 +52,17 @@ class Handlers:
 
     async def models(self, request: web.Request) -> web.Response:
         """The configured models, as clients name them."""
-        run_of(request)
+        check(self._grant(request), None, run_of(request))
         return web.Response(body=self._models_body, content_type=JSON)
 
     async def completion(self, endpoint: str, request: web.Request) -> web.StreamResponse:
         """``POST /v1/completions`` and ``/v1/chat/completions``, cached."""
         run_id = run_of(request)
+        grant = self._grant(request)
         body = validate_body(endpoint, await read_json(request, self.config.max_body_bytes))
-        call = self._call(request, run_id, endpoint, self.model_named(body["model"]), body)
+        model = self.model_named(body["model"])
+        check(grant, model.name, run_id)
+        call = self._call(request, run_id, endpoint, model, body)
         if call.stream:
             return await self._stream(request, call)
         answer = await self.pipeline.answer(call)
@@ -64,12 +71,14 @@ class Handlers:
     async def tokenizer(self, endpoint: str, request: web.Request) -> web.Response:
         """``/tokenizer_info``, ``/tokenize``, ``/detokenize``: asked of the model's upstream, cached."""
         run_id = run_of(request)
+        grant = self._grant(request)
         body: dict[str, Any] | None = None
         name = request.query.get("model")
         if request.method == "POST":
             body = validate_body(endpoint, await read_json(request, self.config.max_body_bytes))
             name = body.get("model") or name
         model = self.model_named(name) if name else self.config.models[0]
+        check(grant, model.name, run_id)
         call = self._call(request, run_id, endpoint, model, body)
         answer = await self.pipeline.answer(call)
         return web.Response(body=answer.body, content_type=JSON, headers=_headers(call, answer.served))
@@ -84,6 +93,13 @@ class Handlers:
         raise GatewayError(404, f"no route {request.method} {request.path}", "not_found", "not_found")
 
     # -- helpers ----------------------------------------------------------------
+
+    def _grant(self, request: web.Request) -> Grant | None:
+        """The caller's grant; 401 when keys are configured and none valid is presented."""
+        grant = self.keys.grant_for(request.headers)
+        if grant is not None:  # a client key that got in must never be written anywhere
+            self.redactor.add(presented_key(request.headers))
+        return grant
 
     def model_named(self, name: str) -> ModelConfig:
         """The configured model ``name``, or a 404 that lists the ones there are."""
@@ -115,6 +131,7 @@ class Handlers:
             key=request_key(endpoint, model.target_model, body or {}, salt),
             cache_mode=cache_mode(request.headers.get("Cache-Control", "")),
             stream=bool(body and body.get("stream")),
+            task=request.headers.get("X-Task") or _task_of(body),
         )
 
     async def _stream(self, request: web.Request, call: Call) -> web.StreamResponse:
@@ -130,6 +147,12 @@ class Handlers:
             return response  # the client left; the upstream call and its record go on
         await response.write_eof()
         return response
+
+
+def _task_of(body: dict[str, Any] | None) -> str | None:
+    metadata = body.get("metadata") if body else None
+    task = metadata.get("task") if isinstance(metadata, dict) else None
+    return task if isinstance(task, str) else None
 
 
 def run_of(request: web.Request) -> str:

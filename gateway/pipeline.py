@@ -22,6 +22,8 @@ from cache.index import ResponseIndex
 from cache.records import RECORD_SCHEMA, RecordWriteError, RecordWriter
 from gateway.config import ModelConfig
 from gateway.errors import GatewayError, UpstreamError
+from gateway.metrics import Metrics
+from gateway.pricing import Costs
 from gateway.singleflight import SingleFlight
 from gateway.streaming import DONE, StreamAssembler, replay_events, sse_event
 from gateway.upstream import Attempts, Upstream, torn_body
@@ -43,12 +45,14 @@ class Call:
     key: str
     cache_mode: CacheMode = "use"
     stream: bool = False
+    task: str | None = None  # for reports: X-Task, else the request's metadata.task
 
     def upstream_body(self) -> dict[str, Any] | None:
         """The body as sent upstream: the configured upstream model, usage always on streams."""
         if self.body is None:
             return None
         body = dict(self.body)
+        body.pop("api_key", None)  # the provider's key comes from config, never from a client
         if "model" in body or self.endpoint.startswith("/v1/"):
             body["model"] = self.model.target_model
         if self.stream:
@@ -67,10 +71,19 @@ class Answer:
 class Pipeline:
     """Answers calls from the index, a shared in-flight call, or the upstream."""
 
-    def __init__(self, index: ResponseIndex, records: RecordWriter, upstreams: dict[str, Upstream]) -> None:
+    def __init__(
+        self,
+        index: ResponseIndex,
+        records: RecordWriter,
+        upstreams: dict[str, Upstream],
+        costs: Costs | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.index = index
         self.records = records
         self.upstreams = upstreams
+        self.costs = costs if costs is not None else Costs(u.model for u in upstreams.values())
+        self.metrics = metrics if metrics is not None else Metrics()
         self.flights: SingleFlight[Answer] = SingleFlight()
 
     # -- plain answers ---------------------------------------------------------
@@ -231,7 +244,10 @@ class Pipeline:
             "attempts": attempts.count if attempts else 0,
             "failed_attempts": attempts.errors if attempts else [],
             "error": error.payload()["error"] if error is not None else None,
+            "task": call.task,
+            "ttft_ms": attempts.ttft_ms(started) if attempts else None,
         }
+        record.update(self.costs.of(call.model, record, response))
         try:
             await self.records.append(call.run_id, record)
         except RecordWriteError as exc:
@@ -242,6 +258,7 @@ class Pipeline:
                 "service_unavailable",
                 "record_write_failed",
             ) from exc
+        self.metrics.observe(record)
 
 
 async def _aiter(events: list[bytes]) -> AsyncIterator[bytes]:

@@ -44,6 +44,8 @@ class StandIn:
     def __init__(self) -> None:
         self.script: list[Fault] = []
         self.calls: Counter[str] = Counter()
+        self.headers_seen: list[dict[str, str]] = []
+        self.bodies_seen: list[dict] = []
         self.arrivals: list[float] = []  # monotonic time of each request, for rate checks
         self.arrived = asyncio.Event()  # set on every arrival; tests clear it to wait for the next
         self.released = asyncio.Event()  # hangs last until a test releases them (or the end)
@@ -78,6 +80,8 @@ class StandIn:
         self.arrivals.append(time.monotonic())
         self.arrived.set()
         body = await request.json()
+        self.headers_seen.append(dict(request.headers))
+        self.bodies_seen.append(body)
         prompt = str(body.get("prompt") or body.get("messages"))
         fault = self.script.pop(0) if self.script else None
         if fault is None:

@@ -1,0 +1,153 @@
+"""Keys, grants, secrets and shutdown: who may call what, what never leaks, how the gateway stops."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import orjson
+import pytest
+
+from gateway.auth import digest
+from tests.conftest import GatewayFactory, model_yaml
+from tests.standin import Fault, StandIn
+from tests.upstreams import free_port
+
+CLIENT_KEY = "rg-client-key-0123456789abcdef"
+PROVIDER_SECRET = "sk-planted-SECRET-4c1d7e0b9a"
+BODY = {"model": "standin", "prompt": "hello", "max_tokens": 4}
+
+
+@pytest.fixture
+async def standin() -> AsyncIterator[StandIn]:
+    server = StandIn()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+def keyed_yaml(api_base: str, runs: str = '[""]', models: str = '["standin"]') -> str:
+    return model_yaml(api_base, name="standin", api_key_env="RG_TEST_PROVIDER_KEY") + (
+        f"keys:\n  - name: team\n    sha256: {digest(CLIENT_KEY)}\n    models: {models}\n    runs: {runs}\n"
+    )
+
+
+async def test_keys_are_required_and_grants_limit_models_and_runs(
+    make_gateway: GatewayFactory, standin: StandIn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RG_TEST_PROVIDER_KEY", PROVIDER_SECRET)
+    gateway = await make_gateway(keyed_yaml(standin.api_base, runs='["team-"]'))
+    auth = {"Authorization": f"Bearer {CLIENT_KEY}"}
+    missing = await gateway.post("/runs/team-1/v1/completions", BODY)
+    wrong = await gateway.post("/runs/team-1/v1/completions", BODY, headers={"Authorization": "Bearer nope"})
+    other_run = await gateway.post("/runs/other/v1/completions", BODY, headers=auth)
+    allowed = await gateway.post("/runs/team-1/v1/completions", BODY, headers=auth)
+    by_header = await gateway.post("/runs/team-2/v1/completions", BODY, headers={"api-key": CLIENT_KEY})
+    assert [missing.status, wrong.status, other_run.status] == [401, 401, 403]
+    assert orjson.loads(await other_run.read())["error"]["code"] == "run_not_allowed"
+    assert (allowed.status, by_header.status) == (200, 200)
+    assert standin.calls["/v1/completions"] == 1  # the rejected ones never reached upstream
+    health = await gateway.session.get(gateway.url + "/healthz")
+    assert health.status == 200
+
+
+async def test_a_key_outside_its_models_gets_403(
+    make_gateway: GatewayFactory, standin: StandIn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RG_TEST_PROVIDER_KEY", PROVIDER_SECRET)
+    gateway = await make_gateway(keyed_yaml(standin.api_base, models='["some-other-model"]'))
+    response = await gateway.post("/v1/completions", BODY, headers={"Authorization": f"Bearer {CLIENT_KEY}"})
+    assert response.status == 403
+    assert orjson.loads(await response.read())["error"]["code"] == "model_not_allowed"
+
+
+async def test_planted_secrets_appear_in_no_byte_the_gateway_wrote(
+    make_gateway: GatewayFactory, standin: StandIn, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("RG_TEST_PROVIDER_KEY", PROVIDER_SECRET)
+    store = tmp_path / "store"
+    gateway = await make_gateway(keyed_yaml(standin.api_base), cache_dir=store)
+    auth = {"Authorization": f"Bearer {CLIENT_KEY}"}
+    # An upstream that echoes the key it was sent, and a client that puts keys in the body.
+    standin.script = [Fault("status", 401, f"Incorrect API key provided: {PROVIDER_SECRET}")]
+    echoed = await gateway.post("/v1/completions", BODY, headers=auth)
+    assert echoed.status == 401
+    in_body = await gateway.post(
+        "/v1/completions", {**BODY, "api_key": PROVIDER_SECRET, "user": CLIENT_KEY}, headers=auth
+    )
+    assert in_body.status == 200
+    assert standin.headers_seen[-1]["Authorization"] == f"Bearer {PROVIDER_SECRET}"
+    assert "api_key" not in standin.bodies_seen[-1]
+    metrics = await gateway.session.get(gateway.url + "/metrics")
+    visible = [await echoed.read(), await in_body.read(), await metrics.read()]
+    written = [p.read_bytes() for p in store.rglob("*") if p.is_file()]
+    for blob in visible + written:
+        assert PROVIDER_SECRET.encode() not in blob
+        assert CLIENT_KEY.encode() not in blob
+
+
+async def test_sigterm_stops_accepting_lets_in_flight_requests_finish_and_exits_0(
+    standin: StandIn, tmp_path: Path
+) -> None:
+    port = free_port()
+    config = tmp_path / "gateway.yaml"
+    config.write_text(model_yaml(standin.api_base, name="standin"))
+    gateway = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gateway.cli",
+        "serve",
+        "--config",
+        str(config),
+        "--port",
+        str(port),
+        "--cache-dir",
+        str(tmp_path / "store"),
+        cwd=os.getcwd(),
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession() as session:
+            await _until(lambda: _answers(session, url + "/healthz"))
+            standin.script = [Fault("hang")]
+            in_flight = asyncio.ensure_future(session.post(url + "/v1/completions", json=BODY))
+            await standin.arrived.wait()
+            gateway.send_signal(signal.SIGTERM)
+            await _until(lambda: _refused(url + "/healthz"))  # no longer accepting
+            assert not in_flight.done()
+            standin.released.set()
+            response = await in_flight
+            assert response.status == 200 and (await response.json())["choices"]
+        assert await asyncio.wait_for(gateway.wait(), 30) == 0
+        (shard,) = (tmp_path / "store" / "runs" / "default").glob("*.jsonl")
+        (line,) = shard.read_bytes().splitlines()
+        assert orjson.loads(line)["status"] == 200
+    finally:
+        if gateway.returncode is None:
+            gateway.kill()
+
+
+async def _answers(session: aiohttp.ClientSession, url: str) -> bool:
+    try:
+        async with session.get(url) as response:
+            return response.status == 200
+    except aiohttp.ClientConnectionError:
+        return False
+
+
+async def _refused(url: str) -> bool:
+    async with aiohttp.ClientSession() as fresh:  # a new connection, not a pooled one
+        return not await _answers(fresh, url)
+
+
+async def _until(condition, timeout_s: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+    """Poll ``condition`` (an async predicate about another process) until it holds."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not await condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.05)  # another process: polling is the only way to observe it
