@@ -167,3 +167,19 @@ async def test_train_and_eval_rounds_send_every_distinct_request_once(
     third = await scorer(*args, "--run-id", "rounds-again")
     assert second.code == third.code == 0, second.stderr + third.stderr
     assert stoppable.relay.calls == calls
+
+
+async def test_mmlu_multiple_choice_rescores_from_the_cache_alone(stoppable: StoppableGateway) -> None:
+    args = ["mmlu", "--model", "smollm2", "--limit", "2", "--num-fewshot", "1", "--gateway", stoppable.url]
+    ran = await scorer("run", *args, "--run-id", "mc", "--cache-dir", str(stoppable.cache_dir))
+    assert ran.code == 0, ran.stderr[-3000:]
+    at_run = read_results(scorer_dir(stoppable, "mc") / "results.json")
+    assert stoppable.relay.calls["/v1/completions"] == 2 * 4  # one echo+logprobs request per choice
+    await stoppable.stop()
+
+    outcome = await score(stoppable, "mc")
+
+    assert outcome.code == 0, outcome.stderr
+    values = metric_values(read_results(scorer_dir(stoppable, "mc") / "results.json"))
+    assert values == metric_values(at_run)
+    assert set(values["mmlu"]) == {"acc,none", "acc_norm,none"}
