@@ -37,6 +37,11 @@ class Attempts:
 
     errors: list[dict[str, Any]] = field(default_factory=list)
     count: int = 0
+    first_event_at: float | None = None  # wall clock of a stream's first event
+
+    def ttft_ms(self, started: float) -> float | None:
+        """Milliseconds from ``started`` (wall clock) to a stream's first event; None if not streamed."""
+        return None if self.first_event_at is None else round((self.first_event_at - started) * 1000, 3)
 
     def failed(self, error: UpstreamError, started: float) -> None:
         self.errors.append(
@@ -145,6 +150,7 @@ class Upstream:
                 first = await anext(events, None)
         if first is None:
             return
+        attempts.first_event_at = time.time()
         yield first
         async for payload in events:
             yield payload

@@ -1,0 +1,145 @@
+"""What each request cost in USD, and what a cache hit saved.
+
+A model's price comes from, in order: its ``cost`` in the config; litellm's
+model price map, read from the JSON file shipped inside the litellm package
+(never fetched, and litellm itself is not imported); free when the upstream is
+local (a launched server, the in-process engine, or an ``api_base`` on this
+machine). A model with none of these has an unknown price: its records carry
+``cost_usd: null`` rather than a made-up number.
+
+Prices are resolved once, when the gateway starts; pricing a record is two
+multiplications.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import orjson
+
+from gateway.config import ModelConfig
+from gateway.tokens import input_tokens
+
+log = logging.getLogger("gateway.pricing")
+
+PAID = frozenset({"miss", "batched"})
+_LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "0.0.0.0", "host.docker.internal"}
+_PRICE_MAP_FILE = "model_prices_and_context_window_backup.json"
+
+
+@dataclass(frozen=True)
+class Price:
+    """USD per token, and where the figure came from (config, litellm or local)."""
+
+    input_per_token: float
+    output_per_token: float
+    source: str
+
+    def of(self, prompt_tokens: int, completion_tokens: int) -> float:
+        """The cost of that many tokens, rounded to a billionth of a dollar."""
+        return round(prompt_tokens * self.input_per_token + completion_tokens * self.output_per_token, 9)
+
+
+@lru_cache(maxsize=1)
+def litellm_price_map() -> Mapping[str, Any]:
+    """litellm's model price map as shipped in its package, read without importing litellm."""
+    spec = importlib.util.find_spec("litellm")
+    if spec is not None and spec.origin:
+        path = Path(spec.origin).parent / _PRICE_MAP_FILE
+        if path.is_file():
+            return orjson.loads(path.read_bytes())  # type: ignore[no-any-return]
+    if spec is None:
+        return {}
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # never fetch the map
+    import litellm
+
+    return dict(litellm.model_cost)
+
+
+def is_local(model: ModelConfig) -> bool:
+    """Whether the model runs on this machine (and so costs nothing per token)."""
+    if model.provider == "vllm" or model.launch is not None:
+        return True
+    host = urlparse(model.api_base or "").hostname or ""
+    return host in _LOCAL_HOSTS or host.startswith("127.")
+
+
+def resolve_price(model: ModelConfig) -> Price | None:
+    """The price of ``model``'s tokens, or None when nothing says what it is."""
+    if model.cost is not None:
+        return Price(model.cost.input_per_mtok / 1e6, model.cost.output_per_mtok / 1e6, "config")
+    if is_local(model):
+        return Price(0.0, 0.0, "local")
+    target = model.target_model
+    prices = litellm_price_map()
+    for name in (target, target.split("/", 1)[-1]):
+        entry = prices.get(name)
+        if isinstance(entry, dict) and "input_cost_per_token" in entry:
+            return Price(
+                float(entry.get("input_cost_per_token") or 0.0),
+                float(entry.get("output_cost_per_token") or 0.0),
+                "litellm",
+            )
+    return None
+
+
+def count_usage(request: Any, response: Any, tiktoken_model: str | None = None) -> dict[str, int]:
+    """Prompt and completion tokens counted from the bodies, for an upstream that sent no usage."""
+    prompt = input_tokens(request if isinstance(request, dict) else None, tiktoken_model)
+    texts = []
+    for choice in response.get("choices") or []:
+        if not isinstance(choice, dict):
+            continue
+        message = choice.get("message")
+        text = message.get("content") if isinstance(message, dict) else choice.get("text")
+        if isinstance(text, str) and text:
+            texts.append(text)
+    completion = input_tokens({"prompt": " ".join(texts)}, tiktoken_model) if texts else 0
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+class Costs:
+    """Prices every record of the configured models."""
+
+    def __init__(self, models: Iterable[ModelConfig]) -> None:
+        self.prices: dict[str, Price | None] = {}
+        self._tiktoken: dict[str, str | None] = {}
+        for model in models:
+            price = self.prices[model.name] = resolve_price(model)
+            self._tiktoken[model.name] = model.target_model if model.provider == "litellm" else None
+            if price is None:
+                log.warning("no price known for model %s: its cost is recorded as null", model.name)
+
+    def of(self, model: ModelConfig, record: Mapping[str, Any], response: Any) -> dict[str, Any]:
+        """The fields a record gains: ``cost_usd``, ``cost_saved_usd`` and, when counted, ``usage``.
+
+        A miss or batched answer paid its tokens; a hit or coalesced answer
+        paid nothing and saved what a miss would have cost. Failures cost 0.
+        """
+        fields: dict[str, Any] = {}
+        usage = record["usage"]
+        if record["status"] != 200:
+            return {"cost_usd": 0.0, "cost_saved_usd": 0.0}
+        if not isinstance(usage, dict) and isinstance(response, dict) and "choices" in response:
+            usage = fields["usage"] = count_usage(record["request"], response, self._tiktoken.get(model.name))
+            fields["usage_counted"] = True
+        price = self.prices.get(model.name)
+        if price is None:
+            cost: float | None = None
+        elif isinstance(usage, dict):
+            cost = price.of(usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0)
+        else:
+            cost = 0.0
+        if record["served"] in PAID:
+            fields["cost_usd"], fields["cost_saved_usd"] = cost, 0.0
+        else:
+            fields["cost_usd"], fields["cost_saved_usd"] = 0.0, cost
+        return fields
