@@ -104,6 +104,7 @@ async def _resources(config: GatewayConfig, handlers: Handlers, redactor: Redact
 def _add_routes(app: web.Application, handlers: Handlers, metrics: Metrics) -> None:
     router = app.router
     router.add_get("/healthz", handlers.healthz)
+    router.add_get("/openapi.json", handlers.openapi)
     router.add_get("/metrics", metrics.handle)
     for prefix in ("", "/runs/{run_id}"):
         router.add_get(prefix + "/v1/models", handlers.models)

@@ -12,6 +12,7 @@ from cache.runs import DEFAULT_RUN, BadRunId, check_run_id
 from gateway.auth import Grant, KeyRing, check, presented_key
 from gateway.config import GatewayConfig, ModelConfig
 from gateway.errors import GatewayError, bad_request
+from gateway.openapi import openapi as describe
 from gateway.pipeline import CacheMode, Call, Pipeline
 from gateway.redaction import Redactor
 from gateway.validation import validate_body
@@ -28,6 +29,7 @@ class Handlers:
         self.config = config
         self.keys = keys
         self.redactor = redactor
+        self._openapi_body = orjson.dumps(describe(config))
         self._models_body = orjson.dumps(
             {
                 "object": "list",
@@ -49,6 +51,10 @@ class Handlers:
     async def healthz(self, request: web.Request) -> web.Response:
         """Liveness: answers without touching disk or upstream."""
         return web.Response(body=b'{"status":"ok"}', content_type=JSON)
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        """This gateway's OpenAPI description."""
+        return web.Response(body=self._openapi_body, content_type=JSON)
 
     async def models(self, request: web.Request) -> web.Response:
         """The configured models, as clients name them."""
@@ -122,13 +128,16 @@ class Handlers:
         model: ModelConfig,
         body: dict[str, Any] | None,
     ) -> Call:
-        salt = request.headers.get("X-Cache-Salt")
+        try:
+            key = request_key(endpoint, model.target_model, body or {}, request.headers.get("X-Cache-Salt"))
+        except TypeError as exc:  # JSON allows integers JSON tools cannot carry
+            raise bad_request(f"the request cannot be encoded: {exc}", "invalid_number") from exc
         return Call(
             run_id=run_id,
             endpoint=endpoint,
             model=model,
             body=body,
-            key=request_key(endpoint, model.target_model, body or {}, salt),
+            key=key,
             cache_mode=cache_mode(request.headers.get("Cache-Control", "")),
             stream=bool(body and body.get("stream")),
             task=request.headers.get("X-Task") or _task_of(body),
