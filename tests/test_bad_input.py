@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import orjson
 import pytest
@@ -41,7 +42,9 @@ async def test_the_openapi_description_is_published(gateway: RunningGateway) -> 
     assert chat["schema"]["properties"]["model"]["enum"] == ["standin"]
 
 
-async def test_schemathesis_finds_no_server_error_and_no_response_off_schema(gateway: RunningGateway) -> None:
+async def test_schemathesis_finds_no_server_error_and_no_response_off_schema(
+    gateway: RunningGateway, tmp_path: Path
+) -> None:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
