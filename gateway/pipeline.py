@@ -120,7 +120,7 @@ class Pipeline:
         attempts = Attempts()
         try:
             answered = await self.upstreams[call.model.name].call(call.endpoint, request, attempts)
-        except UpstreamError as exc:
+        except GatewayError as exc:  # upstream failures and refusals (a full queue) alike
             await self._record(call, "miss", started, error=exc, request=request, attempts=attempts)
             raise
         served: Served = "batched" if answered.batched else "miss"
