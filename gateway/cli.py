@@ -9,6 +9,15 @@ from pathlib import Path
 import click
 
 from gateway.config import ConfigError, load_config, replaygate_home
+from gateway.logs import LogFormat, configure_logging
+
+CACHE_DIR = click.option(
+    "--cache-dir",
+    type=click.Path(path_type=Path),
+    default=lambda: replaygate_home() / "store",
+    show_default="$REPLAYGATE_HOME/store",
+    help="Where runs and the index live.",
+)
 
 
 @click.group()
@@ -32,14 +41,30 @@ def main() -> None:
     default=None,
     help="Where runs and the index live (default $REPLAYGATE_HOME/store).",
 )
-def serve(config_path: Path | None, host: str | None, port: int | None, cache_dir: Path | None) -> None:
+@click.option("--quiet", is_flag=True, help="No live status line on the terminal.")
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Log lines as text, or as one JSON object per line.",
+)
+def serve(
+    config_path: Path | None,
+    host: str | None,
+    port: int | None,
+    cache_dir: Path | None,
+    quiet: bool,
+    log_format: LogFormat,
+) -> None:
     """Serve the OpenAI-compatible gateway."""
     from aiohttp import web
 
-    from gateway.app import REDACTOR, create_app
+    from gateway.app import METRICS, REDACTOR, create_app
     from gateway.redaction import RedactingFilter
+    from gateway.status import status_line_context, wanted
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(log_format)
     try:
         config = load_config(config_path, host=host, port=port, cache_dir=cache_dir)
     except ConfigError as exc:
@@ -53,6 +78,8 @@ def serve(config_path: Path | None, host: str | None, port: int | None, cache_di
     app = create_app(config)
     for handler in logging.getLogger().handlers:
         handler.addFilter(RedactingFilter(app[REDACTOR]))
+    if wanted(quiet):
+        app.cleanup_ctx.append(status_line_context(METRICS))
     web.run_app(
         app,
         host=config.host,
@@ -100,6 +127,79 @@ def rebuild(cache_dir: Path) -> None:
     report = ReadReport()
     written = rebuild_index(cache_dir, report)
     click.echo(f"rebuilt index from {report.describe()}: {written} entries")
+
+
+@main.command()
+@click.argument("run_id")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json", "csv", "html"]),
+    default="table",
+    show_default=True,
+    help="html is one self-contained file (charts included, no network needed to view it).",
+)
+@click.option(
+    "--by",
+    type=click.Choice(["model", "task", "hour"]),
+    default="model",
+    show_default=True,
+    help="Group requests by model, by task (X-Task or metadata.task) or by UTC hour.",
+)
+@click.option("--output", "-o", type=click.Path(path_type=Path), default=None, help="Write here, not stdout.")
+@CACHE_DIR
+def report(run_id: str, fmt: str, by: str, output: Path | None, cache_dir: Path) -> None:
+    """What RUN_ID cost, what the cache saved, and how fast it went, from its records."""
+    from cache.runs import BadRunId
+    from gateway.report import UnknownRun, build_report, render
+
+    try:
+        text = render(build_report(cache_dir, run_id, by), fmt)  # type: ignore[arg-type]
+    except (BadRunId, UnknownRun) as exc:
+        click.echo(f"gateway report: {exc}", err=True)
+        sys.exit(2)
+    if output is None:
+        click.echo(text)
+    else:
+        output.write_text(text)
+        click.echo(f"wrote {output}", err=True)
+
+
+@main.command()
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@CACHE_DIR
+def runs(fmt: str, cache_dir: Path) -> None:
+    """The runs under the cache dir: size, records, cost and time span."""
+    import time
+
+    import orjson
+
+    from gateway.report import summarise_all
+    from gateway.report.render import table
+
+    summaries = summarise_all(cache_dir)
+    if fmt == "json":
+        click.echo(orjson.dumps([s.as_dict() for s in summaries], option=orjson.OPT_INDENT_2).decode())
+        return
+
+    def when(ts: float | None) -> str | None:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts)) if ts is not None else None
+
+    headers = ["run", "records", "MB", "cost_usd", "saved_usd", "first (UTC)", "last (UTC)", "span_s"]
+    body = [
+        [
+            s.run_id,
+            s.records,
+            round(s.bytes / 1e6, 3),
+            s.cost_usd,
+            s.cost_saved_usd,
+            when(s.first_ts),
+            when(s.last_ts),
+            round(s.last_ts - s.first_ts, 1) if s.first_ts is not None and s.last_ts is not None else None,
+        ]
+        for s in summaries
+    ]
+    click.echo(table(headers, body) if summaries else f"no runs under {cache_dir}")
 
 
 def _use_uvloop() -> None:

@@ -1,0 +1,245 @@
+"""One pass over a run's records into per-group figures, in memory bounded by the groups, not the records.
+
+Counts, tokens and costs are exact sums. Latency percentiles come from a
+DDSketch per group (1% relative accuracy, a few kB however many records), the
+same sketch Datadog uses for this; the charts' time series are per minute,
+and the latency distribution is a fixed log-bucket histogram.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from ddsketch import DDSketch
+
+from cache.records import ReadReport, read_records, shard_paths
+from cache.runs import run_dir
+
+GroupBy = Literal["model", "task", "hour"]
+SERVED = ("miss", "hit", "coalesced", "batched")
+NO_TASK = "-"
+RELATIVE_ACCURACY = 0.01
+# Latency histogram edges for the charts: 10 per decade from 10 µs to ~17 minutes.
+LATENCY_EDGES_MS = tuple(10 ** (k / 10) for k in range(-20, 61))
+
+
+class UnknownRun(LookupError):
+    """A run-id with no records folder."""
+
+
+@dataclass
+class Group:
+    """Everything reported for one model, task or hour (or the whole run)."""
+
+    name: str
+    requests: int = 0
+    served: dict[str, int] = field(default_factory=dict)
+    status: dict[str, int] = field(default_factory=dict)
+    errors: dict[str, int] = field(default_factory=dict)
+    tokens_in: int = 0
+    tokens_out: int = 0
+    usage_counted: int = 0
+    cost_usd: float = 0.0
+    cost_saved_usd: float = 0.0
+    unpriced: int = 0
+    attempts: int = 0
+    first_ts: float = math.inf
+    last_ts: float = -math.inf
+    latency: DDSketch = field(default_factory=lambda: DDSketch(relative_accuracy=RELATIVE_ACCURACY))
+
+    def add(self, record: Mapping[str, Any]) -> None:
+        """Fold one record in."""
+        self.requests += 1
+        served = record.get("served") or "?"
+        self.served[served] = self.served.get(served, 0) + 1
+        status_class = f"{int(record.get('status') or 0) // 100}xx"
+        self.status[status_class] = self.status.get(status_class, 0) + 1
+        error = record.get("error")
+        if error:
+            code = str(error.get("code") if isinstance(error, dict) else error)
+            self.errors[code] = self.errors.get(code, 0) + 1
+        usage = record.get("usage")
+        if isinstance(usage, dict):
+            self.tokens_in += usage.get("prompt_tokens") or 0
+            self.tokens_out += usage.get("completion_tokens") or 0
+        if record.get("usage_counted"):
+            self.usage_counted += 1
+        cost = record.get("cost_usd")
+        if cost is None and record.get("status") == 200 and served in ("miss", "batched"):
+            self.unpriced += 1
+        self.cost_usd += cost or 0.0
+        self.cost_saved_usd += record.get("cost_saved_usd") or 0.0
+        self.attempts += record.get("attempts") or 0
+        ts = record.get("ts")
+        if isinstance(ts, int | float):
+            self.first_ts = min(self.first_ts, ts)
+            self.last_ts = max(self.last_ts, record.get("ts_end") or ts)
+        latency = record.get("latency_ms")
+        if isinstance(latency, int | float) and latency >= 0:
+            self.latency.add(latency)
+
+    @property
+    def hit_ratio(self) -> float:
+        """Share of requests answered without an upstream call of their own (hit or coalesced)."""
+        saved = self.served.get("hit", 0) + self.served.get("coalesced", 0)
+        return saved / self.requests if self.requests else 0.0
+
+    @property
+    def span_s(self) -> float:
+        """Seconds from the first request's start to the last answer."""
+        return max(0.0, self.last_ts - self.first_ts) if self.requests else 0.0
+
+    def percentile_ms(self, q: float) -> float | None:
+        """The latency at quantile ``q`` (0..1), within 1%; None without records."""
+        if self.latency.count == 0:
+            return None
+        value = self.latency.get_quantile_value(q)
+        return None if value is None else round(value, 3)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The group as plain JSON-able values."""
+        span = self.span_s
+        return {
+            "name": self.name,
+            "requests": self.requests,
+            "served": {k: self.served.get(k, 0) for k in SERVED} | self._other_served(),
+            "hit_ratio": round(self.hit_ratio, 6),
+            "status": dict(sorted(self.status.items())),
+            "errors": dict(sorted(self.errors.items())),
+            "tokens_in": self.tokens_in,
+            "tokens_out": self.tokens_out,
+            "usage_counted": self.usage_counted,
+            "cost_usd": round(self.cost_usd, 9),
+            "cost_saved_usd": round(self.cost_saved_usd, 9),
+            "unpriced": self.unpriced,
+            "attempts": self.attempts,
+            "latency_ms": {
+                "p50": self.percentile_ms(0.50),
+                "p95": self.percentile_ms(0.95),
+                "p99": self.percentile_ms(0.99),
+            },
+            "first_ts": self.first_ts if self.requests else None,
+            "last_ts": self.last_ts if self.requests else None,
+            "span_s": round(span, 3),
+            "throughput_rps": round(self.requests / span, 6) if span > 0 else None,
+        }
+
+    def _other_served(self) -> dict[str, int]:
+        return {k: v for k, v in self.served.items() if k not in SERVED}
+
+
+@dataclass
+class Timeline:
+    """Per-minute requests, tokens, hits and misses, for the charts."""
+
+    minutes: dict[int, list[int]] = field(default_factory=dict)  # minute -> [requests, in, out, cached, paid]
+
+    def add(self, record: Mapping[str, Any]) -> None:
+        ts = record.get("ts")
+        if not isinstance(ts, int | float):
+            return
+        row = self.minutes.setdefault(int(ts // 60), [0, 0, 0, 0, 0])
+        row[0] += 1
+        usage = record.get("usage")
+        if isinstance(usage, dict):
+            row[1] += usage.get("prompt_tokens") or 0
+            row[2] += usage.get("completion_tokens") or 0
+        if record.get("served") in ("hit", "coalesced"):
+            row[3] += 1
+        else:
+            row[4] += 1
+
+
+@dataclass
+class LatencyHistogram:
+    """Counts of latencies in fixed log buckets, cached answers apart from upstream ones."""
+
+    cached: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_EDGES_MS) + 1))
+    upstream: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_EDGES_MS) + 1))
+
+    def add(self, record: Mapping[str, Any]) -> None:
+        latency = record.get("latency_ms")
+        if not isinstance(latency, int | float) or latency <= 0:
+            return
+        k = min(len(LATENCY_EDGES_MS), max(0, math.ceil(10 * math.log10(latency)) + 20))
+        (self.cached if record.get("served") in ("hit", "coalesced") else self.upstream)[k] += 1
+
+
+@dataclass
+class RunReport:
+    """A run's figures: per group, in total, over time, and how they were read."""
+
+    run_id: str
+    by: GroupBy
+    groups: dict[str, Group] = field(default_factory=dict)
+    total: Group = field(default_factory=lambda: Group("total"))
+    timeline: Timeline = field(default_factory=Timeline)
+    latency: LatencyHistogram = field(default_factory=LatencyHistogram)
+    read: ReadReport = field(default_factory=ReadReport)
+    generated: float = field(default_factory=time.time)
+
+    def add(self, record: Mapping[str, Any]) -> None:
+        """Fold one record into its group, the total, the timeline and the histogram."""
+        name = group_name(record, self.by)
+        group = self.groups.get(name)
+        if group is None:
+            group = self.groups[name] = Group(name)
+        group.add(record)
+        self.total.add(record)
+        self.timeline.add(record)
+        self.latency.add(record)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The report as JSON: groups sorted by name, then the total."""
+        return {
+            "run_id": self.run_id,
+            "by": self.by,
+            "records": self.read.lines,
+            "torn_lines": len(self.read.torn),
+            "groups": [self.groups[name].as_dict() for name in sorted(self.groups)],
+            "total": self.total.as_dict(),
+        }
+
+
+def group_name(record: Mapping[str, Any], by: GroupBy) -> str:
+    """The group a record falls in: its model, its task ("-" when it names none) or its UTC hour."""
+    if by == "model":
+        return str(record.get("model") or "?")
+    if by == "task":
+        task = record.get("task")
+        if not task:
+            metadata = (record.get("request") or {}).get("metadata")
+            task = metadata.get("task") if isinstance(metadata, dict) else None
+        return str(task) if task else NO_TASK
+    ts = record.get("ts")
+    if not isinstance(ts, int | float):
+        return "?"
+    return time.strftime("%Y-%m-%dT%H:00Z", time.gmtime(ts))
+
+
+def run_paths(cache_dir: Path, run_id: str) -> list[Path]:
+    """A run's shards; :class:`UnknownRun` when it has no folder."""
+    folder = run_dir(cache_dir, run_id)
+    if not folder.is_dir():
+        raise UnknownRun(f"no run {run_id!r} under {folder.parent}")
+    return shard_paths(folder)
+
+
+def build_report(cache_dir: Path, run_id: str, by: GroupBy = "model") -> RunReport:
+    """Read ``run_id``'s records once, streaming, into a :class:`RunReport`."""
+    report = RunReport(run_id, by)
+    fold(report, read_records(run_paths(cache_dir, run_id), report.read))
+    return report
+
+
+def fold(report: RunReport, records: Iterable[Mapping[str, Any]]) -> RunReport:
+    """Add ``records`` to ``report``."""
+    add = report.add
+    for record in records:
+        add(record)
+    return report

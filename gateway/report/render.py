@@ -1,0 +1,106 @@
+"""A run report as a terminal table, CSV or JSON (HTML lives in :mod:`gateway.report.html`)."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+from gateway.report.aggregate import SERVED, RunReport
+
+COLUMNS = (
+    "group",
+    "requests",
+    *SERVED,
+    "hit_ratio",
+    "tokens_in",
+    "tokens_out",
+    "cost_usd",
+    "cost_saved_usd",
+    "errors",
+    "p50_ms",
+    "p95_ms",
+    "p99_ms",
+    "req_per_s",
+)
+
+
+def rows(report: RunReport) -> list[dict[str, Any]]:
+    """One flat row per group, then the total."""
+    data = report.as_dict()
+    out = []
+    for group in [*data["groups"], data["total"]]:
+        latency = group["latency_ms"]
+        out.append(
+            {
+                "group": group["name"],
+                "requests": group["requests"],
+                **{k: group["served"][k] for k in SERVED},
+                "hit_ratio": group["hit_ratio"],
+                "tokens_in": group["tokens_in"],
+                "tokens_out": group["tokens_out"],
+                "cost_usd": group["cost_usd"],
+                "cost_saved_usd": group["cost_saved_usd"],
+                "errors": " ".join(f"{code}:{n}" for code, n in group["errors"].items()),
+                "p50_ms": latency["p50"],
+                "p95_ms": latency["p95"],
+                "p99_ms": latency["p99"],
+                "req_per_s": group["throughput_rps"],
+            }
+        )
+    return out
+
+
+def to_json(report: RunReport) -> str:
+    """The report as indented JSON."""
+    return orjson.dumps(report.as_dict(), option=orjson.OPT_INDENT_2).decode()
+
+
+def to_csv(report: RunReport) -> str:
+    """One CSV line per group and the total, with a header."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows(report))
+    return buffer.getvalue()
+
+
+def cell(value: Any) -> str:
+    """One value as a table cell: thousands separated, small costs with six decimals, None as '-'."""
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if value and abs(value) < 0.01:
+            return f"{value:.6f}"
+        return f"{value:,.3f}".rstrip("0").rstrip(".") if value % 1 else f"{value:,.0f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value) or "-"
+
+
+def table(headers: Sequence[str], body: Sequence[Sequence[Any]]) -> str:
+    """A plain aligned text table: text left, numbers right."""
+    cells = [[cell(v) for v in row] for row in body]
+    widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
+    numeric = [all(isinstance(r[i], int | float) or r[i] is None for r in body) for i in range(len(headers))]
+
+    def line(values: Sequence[str]) -> str:
+        return "  ".join(
+            v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric, strict=True)
+        ).rstrip()
+
+    return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in cells)])
+
+
+def to_table(report: RunReport) -> str:
+    """The report for a terminal: a heading line, then one row per group and the total."""
+    flat = rows(report)
+    heading = (
+        f"run {report.run_id}: {report.read.lines:,} records by {report.by}"
+        + (f", {len(report.read.torn)} torn line(s) skipped" if report.read.torn else "")
+        + (f", {report.total.unpriced} without a known price" if report.total.unpriced else "")
+    )
+    return heading + "\n" + table(COLUMNS, [[row[c] for c in COLUMNS] for row in flat])
