@@ -6,6 +6,7 @@
 #   deploy/bootstrap.sh            # everything
 #   deploy/bootstrap.sh project    # only the project venv
 #   deploy/bootstrap.sh vllm       # only the vLLM venv and the model
+#   deploy/bootstrap.sh browser    # only headless Chromium (apt-get, when missing)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -106,9 +107,22 @@ model_dir() {
   fi
 }
 
+browser() {
+  # Debian's headless Chromium: the tests open the /ui dashboard and the HTML report in it.
+  command -v chromium >/dev/null && return
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    log "installing chromium (Debian's package)"
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    log "chromium is missing and cannot be installed here: the browser tests will skip"
+  fi
+}
+
 case "${1:-all}" in
   project) project_venv ;;
   vllm) vllm_venv; model_dir ;;
-  all) project_venv; vllm_venv; model_dir ;;
-  *) echo "usage: $0 [all|project|vllm]" >&2; exit 2 ;;
+  browser) browser ;;
+  all) project_venv; vllm_venv; model_dir; browser ;;
+  *) echo "usage: $0 [all|project|vllm|browser]" >&2; exit 2 ;;
 esac
