@@ -14,6 +14,7 @@ from cache.index import ResponseIndex
 from cache.records import RecordWriter
 from gateway.auth import Grant, KeyRing
 from gateway.config import GatewayConfig
+from gateway.dashboard import Dashboard
 from gateway.errors import GatewayError
 from gateway.handlers import Handlers
 from gateway.launcher import LaunchedUpstream
@@ -106,6 +107,7 @@ def _add_routes(app: web.Application, handlers: Handlers, metrics: Metrics) -> N
     router.add_get("/healthz", handlers.healthz)
     router.add_get("/openapi.json", handlers.openapi)
     router.add_get("/metrics", metrics.handle)
+    Dashboard(handlers.config.cache_dir).add_routes(router)
     for prefix in ("", "/runs/{run_id}"):
         router.add_get(prefix + "/v1/models", handlers.models)
         for endpoint in COMPLETION_ENDPOINTS:
