@@ -43,7 +43,7 @@ class StatusLine:
         running = sum(u.scheduler.in_flight for u in upstreams)
         return (
             f"gateway · {rate:,.1f} req/s · {totals.requests:,} requests · hit {ratio:.1%} · "
-            f"${totals.cost_usd:,.4f} spent, ${totals.cost_saved_usd:,.4f} saved · "
+            f"${totals.cost_usd:,.6f} spent, ${totals.cost_saved_usd:,.6f} saved · "
             f"queue {queued} · in flight {running} · errors {totals.errors:,}"
         )
 
