@@ -10,6 +10,7 @@ the time includes start-up) and reads the child's peak resident memory.
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import subprocess
 import sys
@@ -41,10 +42,13 @@ def main() -> None:
             stdout=subprocess.DEVNULL,
         )
         elapsed = time.perf_counter() - started
-        peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        peak_mib = usage.ru_maxrss / 1024
+        cpu = usage.ru_utime + usage.ru_stime  # what the machine's other tenants cannot inflate
         rate = args.samples / elapsed
         print(f"scorer score: {args.samples} samples in {elapsed:.2f}s = {rate:,.0f} samples/s, ", end="")
-        print(f"peak RSS {peak_mib:.0f} MiB")
+        print(f"CPU {cpu:.2f}s = {args.samples / cpu:,.0f} samples per CPU-second, ", end="")
+        print(f"peak RSS {peak_mib:.0f} MiB, load average {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,9 @@ that touches disk runs in a small thread pool, never on the event loop.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import sqlite3
+import time
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,9 @@ import orjson
 
 from cache.records import ReadReport, read_records, shard_paths
 from cache.runs import list_runs, run_dir
+
+# Keys per SQL query in :meth:`ResponseIndex.get_many` (SQLite's default limit on parameters is 999+).
+MANY_BATCH = 500
 
 # Records whose response is a fresh upstream answer; hits and coalesced
 # records are copies and add nothing to a rebuild.
@@ -37,6 +42,40 @@ class ResponseIndex:
         """The stored body for ``key``, or None (blocking; see :meth:`aget`)."""
         value = self._cache.get(key)
         return value if isinstance(value, bytes) else None
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, bytes]:
+        """The stored bodies of those ``keys`` that have one (blocking), ``MANY_BATCH`` keys per query.
+
+        Same answers as :meth:`get` key by key, several times faster: keys are
+        looked up sorted, many per ``SELECT … WHERE key IN (…)`` on a read-only
+        connection of its own, and values are decoded by diskcache itself (so
+        bodies diskcache keeps in files are read too). Read-only: unlike
+        :meth:`get` it never touches diskcache's access statistics.
+        """
+        wanted = sorted(set(keys))
+        found: dict[str, bytes] = {}
+        if not wanted:
+            return found
+        disk = self._cache.disk
+        connection = sqlite3.connect(f"file:{self._cache.directory}/cache.db?mode=ro", uri=True)
+        try:
+            now = time.time()
+            for start in range(0, len(wanted), MANY_BATCH):
+                batch = wanted[start : start + MANY_BATCH]
+                query = (
+                    "SELECT key, mode, filename, value FROM Cache WHERE raw = 1 AND key IN "
+                    f"({','.join('?' * len(batch))}) AND (expire_time IS NULL OR expire_time > ?)"
+                )
+                for key, mode, filename, value in connection.execute(query, (*batch, now)):
+                    if mode == diskcache.core.MODE_RAW and type(value) is bytes:
+                        found[key] = value  # what disk.fetch returns for it, without the call
+                        continue
+                    body = disk.fetch(mode, filename, value, False)
+                    if isinstance(body, bytes):
+                        found[key] = body
+        finally:
+            connection.close()
+        return found
 
     def set(self, key: str, body: bytes) -> None:
         """Store ``body`` under ``key`` (blocking; see :meth:`aset`)."""

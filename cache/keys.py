@@ -63,3 +63,24 @@ def request_key(endpoint: str, upstream_model: str, body: dict[str, Any], salt: 
     if salt:
         canonical["salt"] = salt
     return hashlib.sha256(orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def canonical_key(
+    endpoint: str, upstream_model: str, canonical_body: dict[str, Any], salt: str | None = None
+) -> str:
+    """:func:`request_key` of a body already in canonical form (as :func:`canonical_fields` returns it).
+
+    For callers that key many bodies differing in one field: canonicalise the
+    shared fields once, add the varying one, and key each with this. Equal to
+    ``request_key(endpoint, upstream_model, body, salt)`` whenever
+    ``canonical_body == canonical_fields(body)``.
+    """
+    canonical: dict[str, Any] = {
+        "v": KEY_SCHEMA,
+        "endpoint": endpoint,
+        "model": upstream_model,
+        "body": canonical_body,
+    }
+    if salt:
+        canonical["salt"] = salt
+    return hashlib.sha256(orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS)).hexdigest()

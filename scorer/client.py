@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from scorer.errors import BadInput, GatewayFailure
 from scorer.requests import Request
-from scorer.tokenizer import TOKENIZE, tokenize_body, tokenize_key
+from scorer.tokenizer import TOKENIZE, TOKENIZER_INFO, tokenize_body, tokenize_key, tokenizer_info_key
 
 RETRY_STATUSES = {502, 503, 504}
 
@@ -75,12 +75,7 @@ class GatewayClient:
                 ) as response:
                     raw = await response.read()
                     if response.status == 200:
-                        got = response.headers.get("X-Record-Key")
-                        if got != key:
-                            raise GatewayFailure(
-                                f"the gateway keyed a {path} request {got}, the scorer computed {key}: "
-                                "their canonicalisers differ, so `scorer score` could not find this answer"
-                            )
+                        self._check_key(path, response.headers.get("X-Record-Key"), key)
                         self.sent += 1
                         return dict(orjson.loads(raw))
                     last = f"HTTP {response.status}: {raw[:300].decode(errors='replace')}"
@@ -90,6 +85,14 @@ class GatewayClient:
                 last = f"{type(exc).__name__}: {exc}"
             await asyncio.sleep(min(8.0, 0.5 * 2**attempt))  # back off before the next attempt
         raise GatewayFailure(f"gateway {self.root}{path} failed: {last}")
+
+    @staticmethod
+    def _check_key(path: str, got: str | None, key: str) -> None:
+        if got != key:
+            raise GatewayFailure(
+                f"the gateway keyed a {path} request {got}, the scorer computed {key}: "
+                "their canonicalisers differ, so `scorer score` could not find this answer"
+            )
 
     async def _all(self, jobs: list[tuple[str, dict[str, Any], str]], desc: str) -> list[dict[str, Any]]:
         limit = asyncio.Semaphore(self.concurrency)
@@ -105,6 +108,25 @@ class GatewayClient:
             return await asyncio.gather(*(one(*job) for job in jobs))
         finally:
             bar.close()
+
+    async def tokenizer_info(self, model: str, upstream_model: str) -> dict[str, Any]:
+        """The model's ``GET /tokenizer_info`` answer (cached by the gateway like any request)."""
+        key = tokenizer_info_key(upstream_model)
+        last = ""
+        for attempt in range(self.attempts):
+            try:
+                async with self.session.get(self.root + TOKENIZER_INFO, params={"model": model}) as response:
+                    raw = await response.read()
+                    if response.status == 200:
+                        self._check_key(TOKENIZER_INFO, response.headers.get("X-Record-Key"), key)
+                        return dict(orjson.loads(raw))
+                    last = f"HTTP {response.status}: {raw[:300].decode(errors='replace')}"
+                    if response.status not in RETRY_STATUSES:
+                        break
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                last = f"{type(exc).__name__}: {exc}"
+            await asyncio.sleep(min(8.0, 0.5 * 2**attempt))
+        raise GatewayFailure(f"gateway {self.root}{TOKENIZER_INFO} failed: {last}")
 
     async def tokenize(self, model: str, upstream_model: str, texts: Iterable[str]) -> dict[str, list[int]]:
         """Token ids of each distinct text, from the gateway's ``/tokenize`` (cached there)."""

@@ -2,7 +2,8 @@
 
 Nothing imported here can reach a model: request keys are recomputed with the
 gateway's canonicaliser (:mod:`cache.keys`), token ids and responses are read
-from the cache by key, and a missing one is reported, never fetched. Results
+from the cache by key (in bulk, a batch of documents at a time), and a missing
+one is reported, never fetched. Results
 are written only once every selected task has been scored, so a failure
 leaves the run folder as it was.
 """
@@ -10,7 +11,7 @@ leaves the run folder as it was.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,11 +22,14 @@ from scorer.errors import BadInput, MissingResponses
 from scorer.manifest import Manifest
 from scorer.requests import ModelSettings, RequestBuilder
 from scorer.results import results_document, table
-from scorer.rounds import DocPlan, Documents, eval_plan, texts_needed, train_plan, with_table
-from scorer.scoring import TaskScores, score_task
-from scorer.store import ResponseReader, RunFolder, jsonl_bytes, write_atomic
+from scorer.rounds import DocPlan, Documents, eval_prompts, plans_of, texts_of, train_prompts
+from scorer.scoring import TaskScorer, TaskScores
+from scorer.store import ResponseReader, RunFolder, write_atomic
 from scorer.tasks import TaskConfig, parse_task, with_overrides
-from scorer.tokenizer import Tokenizer, tokenize_key
+from scorer.tokenizer import TableTokenizer, prefix_token, special_texts, tokenize_key, tokenizer_info_key
+
+# Documents planned and scored together: big enough for bulk reads to pay, small enough to bound memory.
+BATCH_DOCS = 4096
 
 
 @dataclass
@@ -57,37 +61,50 @@ def documents_of(folder: RunFolder, manifest: Manifest, task: TaskConfig) -> Doc
 def cached_tokens(
     reader: ResponseReader, upstream_model: str, task: str, texts: list[str]
 ) -> dict[str, list[int]]:
-    """Token ids of ``texts`` from the cached ``/tokenize`` answers."""
-    table: dict[str, list[int]] = {}
-    missing = []
-    for text in texts:
-        key = tokenize_key(upstream_model, text)
-        response = reader.get(key)
-        if response is None or not isinstance(response.get("tokens"), list):
-            missing.append(key)
-        else:
-            table[text] = response["tokens"]
+    """Token ids of ``texts`` from the cached ``/tokenize`` answers; raises :class:`MissingResponses`."""
+    missing: list[str] = []
+    table = _tokens(reader, upstream_model, texts, missing)
     if missing:
         raise MissingResponses(task, missing)
     return table
 
 
+def _tokens(
+    reader: ResponseReader, upstream_model: str, texts: list[str], missing: list[str]
+) -> dict[str, list[int]]:
+    """Token ids of those ``texts`` the cache has; the keys of the others are appended to ``missing``."""
+    keys = {text: tokenize_key(upstream_model, text) for text in texts}
+    bodies = reader.get_raw_many(keys.values())
+    table: dict[str, list[int]] = {}
+    for text, key in keys.items():
+        raw = bodies.get(key)
+        tokens = orjson.loads(raw).get("tokens") if raw is not None else None
+        if isinstance(tokens, list):
+            table[text] = tokens
+        else:
+            missing.append(key)
+    return table
+
+
 def cached_responses(reader: ResponseReader, plans: list[DocPlan], task: str) -> dict[str, Any]:
     """Every response ``plans`` need, by key; raises :class:`MissingResponses` naming the gaps."""
-    responses: dict[str, Any] = {}
-    missing = []
-    for plan in plans:
-        for request in plan.requests:
-            if request.key in responses:
-                continue
-            body = reader.get(request.key)
-            if body is None:
-                missing.append(request.key)
-            else:
-                responses[request.key] = body
+    keys = [r.key for plan in plans for r in plan.requests]
+    responses = {key: orjson.loads(raw) for key, raw in reader.get_raw_many(keys).items()}
+    missing = [k for k in dict.fromkeys(keys) if k not in responses]
     if missing:
         raise MissingResponses(task, missing)
     return responses
+
+
+def cached_prefix_token(reader: ResponseReader, upstream_model: str, task: str) -> int | None:
+    """The rolling-loglikelihood prefix token, from the cached ``/tokenizer_info`` and ``/tokenize``."""
+    key = tokenizer_info_key(upstream_model)
+    raw = reader.get_raw(key)
+    if raw is None:
+        raise MissingResponses(task, [key])
+    info = orjson.loads(raw)
+    table = cached_tokens(reader, upstream_model, task, special_texts(info))
+    return prefix_token(info, TableTokenizer(table))
 
 
 def train_answers(plans: list[DocPlan], responses: Mapping[str, Any]) -> dict[int, str]:
@@ -101,28 +118,59 @@ def train_answers(plans: list[DocPlan], responses: Mapping[str, Any]) -> dict[in
     return answers
 
 
-def plan_from_cache(
-    reader: ResponseReader, manifest: Manifest, task: TaskConfig, docs: Documents
-) -> tuple[list[DocPlan], dict[str, Any]]:
-    """The eval round's plans and responses, everything read from the cache."""
+def score_from_cache(
+    reader: ResponseReader,
+    manifest: Manifest,
+    task: TaskConfig,
+    docs: Documents,
+    bootstrap_iters: int = 1000,
+    batch_docs: int = BATCH_DOCS,
+) -> TaskScores:
+    """Rebuild the eval round's requests and score their cached responses, ``batch_docs`` documents at a time.
+
+    Each batch is planned once: its prompts are rendered, the texts they
+    tokenize read from the cache in bulk, its requests built and their
+    responses read in bulk, then scored and dropped, so memory holds one batch
+    of responses, not the round's.
+
+    Raises:
+        MissingResponses: after every batch, naming every response (or token ids) the cache lacks.
+    """
     settings = settings_of(manifest)
-
-    def tokens(texts: list[str]) -> dict[str, list[int]]:
-        return cached_tokens(reader, settings.upstream_model, task.name, texts)
-
-    def builder(tok: Tokenizer) -> RequestBuilder:
-        return RequestBuilder(task, settings, tok)
-
+    upstream = settings.upstream_model
+    prefix = None
+    if task.output_type == "loglikelihood_rolling":
+        prefix = cached_prefix_token(reader, upstream, task.name)
+    table: dict[str, list[int]] = {}
+    builder = RequestBuilder(task, settings, TableTokenizer(table), prefix)
     answers = None
     if task.fewshot_from_model:
-        build_train: Callable[[Tokenizer], list[DocPlan]] = lambda tok: train_plan(task, docs, builder(tok))  # noqa: E731
-        train = with_table(build_train, tokens(texts_needed(build_train)))
+        prompts = train_prompts(task, docs)
+        table.update(cached_tokens(reader, upstream, task.name, texts_of(prompts, builder)))
+        train = plans_of(prompts, builder)
         answers = train_answers(train, cached_responses(reader, train, task.name))
-    build_eval: Callable[[Tokenizer], list[DocPlan]] = lambda tok: eval_plan(  # noqa: E731
-        task, docs, builder(tok), manifest.seed, answers
-    )
-    plans = with_table(build_eval, tokens(texts_needed(build_eval)))
-    return plans, cached_responses(reader, plans, task.name)
+    missing: list[str] = []
+    scorer = TaskScorer(task)
+    doc_ids = sorted(docs.eval)
+    for start in range(0, len(doc_ids), batch_docs):
+        prompts = eval_prompts(task, docs, manifest.seed, answers, doc_ids[start : start + batch_docs])
+        table.clear()
+        table.update(_tokens(reader, upstream, texts_of(prompts, builder), missing))
+        plans = plans_of(
+            [p for p in prompts if all(t in table for a in p.asks for t in builder.texts(a))], builder
+        )
+        keys = [r.key for plan in plans for r in plan.requests]
+        bodies = reader.get_raw_many(keys)
+        responses = {key: orjson.loads(raw) for key, raw in bodies.items()}
+        for plan in plans:
+            gaps = [r.key for r in plan.requests if r.key not in responses]
+            if gaps:
+                missing.extend(gaps)
+            elif not missing:  # once something is missing, nothing is scored: only counted
+                scorer.add(plan, responses)
+    if missing:
+        raise MissingResponses(task.name, list(dict.fromkeys(missing)))
+    return scorer.finish(bootstrap_iters)
 
 
 def overrides_tag(overrides: Mapping[str, Any]) -> str:
@@ -170,8 +218,8 @@ def score_run(
     try:
         scores: list[TaskScores] = []
         for task in tasks:
-            plans, responses = plan_from_cache(reader, manifest, task, documents_of(folder, manifest, task))
-            scores.append(score_task(task, plans, responses, bootstrap_iters))
+            docs = documents_of(folder, manifest, task)
+            scores.append(score_from_cache(reader, manifest, task, docs, bootstrap_iters))
     finally:
         reader.close()
     document = results_document(scores, manifest, {t: e.n_eval_total for t, e in manifest.tasks.items()})
@@ -179,7 +227,7 @@ def score_run(
     if write:
         suffix = f"-{overrides_tag(overrides)}" if overrides else ""
         for s in scores:
-            write_atomic(folder.scorer / f"samples_{s.task.name}{suffix}.jsonl", jsonl_bytes(s.rows))
+            write_atomic(folder.scorer / f"samples_{s.task.name}{suffix}.jsonl", b"".join(s.lines))
         path = folder.scorer / f"results{suffix}.json"
         write_atomic(path, orjson.dumps(document, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
     return ScoreOutcome(document, table(document), path)

@@ -23,15 +23,29 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
-from cache.keys import request_key
+from cache.keys import canonical_fields, canonical_key, request_key
 from scorer.tasks import TaskConfig
 from scorer.tokenizer import Tokenizer
 
 COMPLETIONS = "/v1/completions"
 CHAT = "/v1/chat/completions"
 DEFAULT_MAX_GEN_TOKS = 256
+
+
+@dataclass(frozen=True)
+class Ask:
+    """What a document asks of the model, as text, before anything is tokenized.
+
+    ``generate``: a continuation of ``context``; ``loglikelihood``: the logprob
+    of ``continuation`` after ``context``; ``rolling``: the logprob of the
+    whole ``context`` on its own, over rolling windows.
+    """
+
+    kind: Literal["generate", "loglikelihood", "rolling"]
+    context: str
+    continuation: str = ""
 
 
 @dataclass(frozen=True)
@@ -57,12 +71,21 @@ class ModelSettings:
 class RequestBuilder:
     """Builds the requests of one task for one model."""
 
-    def __init__(self, task: TaskConfig, settings: ModelSettings, tokenizer: Tokenizer) -> None:
+    def __init__(
+        self,
+        task: TaskConfig,
+        settings: ModelSettings,
+        tokenizer: Tokenizer,
+        prefix_token: int | None = None,
+    ) -> None:
         self.task = task
         self.settings = settings
         self.tokenizer = tokenizer
+        self.prefix_token = prefix_token  # rolling loglikelihood: what the first token is conditioned on
         self.max_length = int(task.raw["max_length"]) - 1  # lm-eval keeps one token for generation
         self._gen = self._generation_kwargs()
+        # generate_until: (endpoint, shared body fields, their canonical form, truncation), built once
+        self._generate: tuple[str, dict[str, Any], dict[str, Any], int] | None = None
 
     def _request(self, endpoint: str, body: dict[str, Any], ctxlen: int = 0) -> Request:
         return Request(request_key(endpoint, self.settings.upstream_model, body), endpoint, body, ctxlen)
@@ -76,8 +99,8 @@ class RequestBuilder:
         """The task's generation kwargs with the run's overrides applied (a fresh copy)."""
         return copy.deepcopy(self._gen)
 
-    def generate(self, context: str) -> Request:
-        """A ``generate_until`` request for ``context``."""
+    def _generate_fields(self) -> tuple[str, dict[str, Any], int]:
+        """The endpoint, the body fields every ``generate_until`` request shares, and the truncation."""
         gen = dict(self._gen)  # values are never mutated below, so a shallow copy is enough
         gen.pop("do_sample", None)
         truncate_for = int(gen.get("max_gen_toks", DEFAULT_MAX_GEN_TOKS))
@@ -91,39 +114,72 @@ class RequestBuilder:
             gen["n"] = self.task.raw["repeats"]
         common = {"max_tokens": max_tokens, "temperature": temperature}
         if self.task.raw["api"] == "chat":
-            body = {
-                "messages": [{"role": "user", "content": context}],
-                "model": self.settings.model,
-                **common,
-                "stop": stop[:4],
-                "seed": self.settings.seed,
-                **gen,
-            }
-            return self._request(CHAT, body)
-        ids = self.tokenizer.encode(context)[-(self.max_length - truncate_for) :]
-        body = {
-            "prompt": [ids],
-            "model": self.settings.model,
-            **common,
-            "stop": stop,
-            "seed": self.settings.seed,
-            **gen,
-        }
-        return self._request(COMPLETIONS, body)
+            fields = {"model": self.settings.model, **common, "stop": stop[:4], "seed": self.settings.seed}
+            return CHAT, {**fields, **gen}, truncate_for
+        fields = {"model": self.settings.model, **common, "stop": stop, "seed": self.settings.seed}
+        return COMPLETIONS, {**fields, **gen}, truncate_for
+
+    def generate(self, context: str) -> Request:
+        """A ``generate_until`` request for ``context``."""
+        if self._generate is None:
+            endpoint, fields, truncate_for = self._generate_fields()
+            self._generate = (endpoint, fields, canonical_fields(fields), truncate_for)
+        endpoint, fields, canonical, truncate_for = self._generate
+        if endpoint == CHAT:
+            messages = [{"role": "user", "content": context}]
+            body = {"messages": messages, **fields}
+            key = canonical_key(CHAT, self.settings.upstream_model, {"messages": messages, **canonical})
+            return Request(key, CHAT, body)
+        prompt = [self.tokenizer.encode(context)[-(self.max_length - truncate_for) :]]
+        body = {"prompt": prompt, **fields}
+        key = canonical_key(COMPLETIONS, self.settings.upstream_model, {"prompt": prompt, **canonical})
+        return Request(key, COMPLETIONS, body)
+
+    def texts(self, ask: Ask) -> list[str]:
+        """The texts building ``ask``'s requests tokenizes."""
+        if ask.kind == "generate":
+            return [] if self.task.raw["api"] == "chat" else [ask.context]
+        if ask.kind == "rolling":
+            return [ask.context]
+        context, continuation = split_pair(ask.context, ask.continuation)
+        return [context + continuation, context]
+
+    def requests(self, ask: Ask) -> list[Request]:
+        """The requests answering ``ask`` (several for a long rolling text)."""
+        if ask.kind == "generate":
+            return [self.generate(ask.context)]
+        if ask.kind == "loglikelihood":
+            return [self.loglikelihood(ask.context, ask.continuation)]
+        return self.rolling(ask.context)
+
+    def rolling(self, text: str) -> list[Request]:
+        """lm-eval's ``loglikelihood_rolling``: disjoint windows of at most ``max_length - 1`` tokens.
+
+        The first window is conditioned on the prefix token (BOS, else EOS, as
+        lm-eval's remote tokenizer picks it); each later one on the tokens before it.
+        """
+        if self.prefix_token is None:
+            raise ValueError("rolling loglikelihood needs the tokenizer's prefix token")
+        requests = []
+        for context_ids, predicted in rolling_windows(
+            self.tokenizer.encode(text), self.prefix_token, self.max_length - 1
+        ):
+            requests.append(self.loglikelihood_pair(context_ids, predicted))
+        return requests
 
     def encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
         """lm-eval's ``_encode_pair`` for causal models."""
-        spaces = len(context) - len(context.rstrip())
-        if spaces:
-            continuation = context[-spaces:] + continuation
-            context = context[:-spaces]
+        context, continuation = split_pair(context, continuation)
         whole = self.tokenizer.encode(context + continuation)
         context_ids = self.tokenizer.encode(context)
         return context_ids, whole[len(context_ids) :]
 
     def loglikelihood(self, context: str, continuation: str) -> Request:
         """An echo+logprobs request scoring ``continuation`` after ``context``."""
-        context_ids, continuation_ids = self.encode_pair(context, continuation)
+        return self.loglikelihood_pair(*self.encode_pair(context, continuation))
+
+    def loglikelihood_pair(self, context_ids: list[int], continuation_ids: list[int]) -> Request:
+        """An echo+logprobs request for token ids, left-truncated as lm-eval truncates."""
         total = len(context_ids) + len(continuation_ids)
         ids = (context_ids + continuation_ids)[-self.max_length :]
         ctxlen = len(context_ids) - max(0, total - self.max_length)
@@ -141,3 +197,35 @@ class RequestBuilder:
             "echo": True,
         }
         return self._request(COMPLETIONS, body, ctxlen)
+
+
+def split_pair(context: str, continuation: str) -> tuple[str, str]:
+    """Trailing spaces of ``context`` moved to the front of ``continuation``, as lm-eval does."""
+    spaces = len(context) - len(context.rstrip())
+    if spaces:
+        return context[:-spaces], context[-spaces:] + continuation
+    return context, continuation
+
+
+def rolling_windows(
+    tokens: list[int], prefix_token: int, max_seq_len: int
+) -> list[tuple[list[int], list[int]]]:
+    """lm-eval's ``get_rolling_token_windows`` (context length 1) made disjoint: ``(context, predicted)``.
+
+    Every token of ``tokens`` is predicted exactly once; each window's input is
+    at most ``max_seq_len`` tokens.
+    """
+    windows: list[tuple[list[int], list[int]]] = []
+    if not tokens:
+        return windows
+    first = min(max_seq_len, len(tokens))
+    raw = [([prefix_token] + tokens[: first - 1], tokens[:first])]
+    predicted = first
+    while predicted < len(tokens):
+        length = min(len(tokens) - predicted, max_seq_len)
+        end = predicted + length
+        raw.append((tokens[max(0, end - max_seq_len - 1) : end - 1], tokens[end - length : end]))
+        predicted += length
+    for context_ids, predicted_ids in raw:
+        windows.append((context_ids[: len(context_ids) - (len(predicted_ids) - 1)], predicted_ids))
+    return windows

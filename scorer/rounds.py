@@ -1,6 +1,9 @@
 """A task's two rounds as plans: for each document, its prompt and the requests that answer it.
 
-The train round asks the model for its own answers on the train documents
+Built in two steps: prompts first (:class:`DocPrompt`, what each document
+asks, as text), then plans (:class:`DocPlan`, the requests, once the texts are
+tokenized), so a round's texts are known, and tokenized in bulk, before any
+request is built. The train round asks the model for its own answers on the train documents
 that serve as few-shot examples (only for tasks with ``fewshot.targets:
 model``); the eval round asks what the task evaluates. Plans are pure
 functions of the task, the documents, the seed, the tokenizer and (for the
@@ -10,12 +13,12 @@ exactly the requests ``scorer run`` sent.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from scorer.prompts import context, doc_to_choice, doc_to_target, doc_to_text, fewshot_indices, target_text
-from scorer.requests import Request, RequestBuilder
+from scorer.requests import Ask, Request, RequestBuilder
 from scorer.tasks import TaskConfig
 from scorer.tokenizer import RecordingTokenizer, TableTokenizer, Tokenizer
 
@@ -56,28 +59,41 @@ def needed_train(
     return {i for d in eval_ids for i in fewshot_indices(task, d, pool_size, seed, same_split)}
 
 
-def train_plan(task: TaskConfig, docs: Documents, builder: RequestBuilder) -> list[DocPlan]:
-    """Zero-shot generation requests for the train documents whose answers become few-shot targets."""
+@dataclass(frozen=True)
+class DocPrompt:
+    """One document of a round before tokenization: its prompt, and what it asks of the model."""
+
+    doc_id: int
+    doc: dict[str, Any]
+    prompt: str
+    target: Any
+    choices: list[str] | None
+    asks: tuple[Ask, ...]
+
+
+def train_prompts(task: TaskConfig, docs: Documents) -> list[DocPrompt]:
+    """Zero-shot generations on the train documents whose answers become few-shot targets."""
     if not task.fewshot_from_model:
         return []
-    plans = []
+    prompts = []
     for i in sorted(docs.train):
         doc = docs.train[i]
         prompt = doc_to_text(task, doc)
-        plans.append(DocPlan(i, doc, prompt, doc_to_target(task, doc), None, (builder.generate(prompt),)))
-    return plans
+        prompts.append(DocPrompt(i, doc, prompt, doc_to_target(task, doc), None, (Ask("generate", prompt),)))
+    return prompts
 
 
-def eval_plan(
+def eval_prompts(
     task: TaskConfig,
     docs: Documents,
-    builder: RequestBuilder,
     seed: int,
     train_answers: dict[int, str] | None = None,
-) -> list[DocPlan]:
-    """The evaluated documents' requests; ``train_answers`` supply few-shot targets when the task asks."""
-    plans = []
-    for doc_id in sorted(docs.eval):
+    doc_ids: Iterable[int] | None = None,
+) -> list[DocPrompt]:
+    """The evaluated documents (all, or ``doc_ids``) as prompts; ``train_answers`` supply few-shot targets."""
+    prompts = []
+    output_type = task.output_type
+    for doc_id in sorted(docs.eval) if doc_ids is None else doc_ids:
         doc = docs.eval[doc_id]
         shots = []
         for i in shots_for(task, docs, doc_id, seed):
@@ -87,21 +103,60 @@ def eval_plan(
         prompt = context(task, doc, shots)
         target = doc_to_target(task, doc)
         choices = None
-        output_type = task.output_type
         if output_type == "generate_until":
             if isinstance(target, int) and task.raw["doc_to_choice"] is not None:
                 target = doc_to_choice(task, doc)[target]  # as lm-eval: the choice is the gold answer
-            requests: tuple[Request, ...] = (builder.generate(prompt),)
+            asks: tuple[Ask, ...] = (Ask("generate", prompt),)
         elif output_type == "multiple_choice":
             choices = doc_to_choice(task, doc)
             delimiter = task.raw["target_delimiter"]
-            requests = tuple(builder.loglikelihood(prompt, delimiter + c) for c in choices)
+            asks = tuple(Ask("loglikelihood", prompt, delimiter + c) for c in choices)
         elif output_type == "loglikelihood":
-            requests = (builder.loglikelihood(prompt, str(target)),)
-        else:  # parse_task refuses loglikelihood_rolling until rolling windows are built
-            raise NotImplementedError("loglikelihood_rolling")
-        plans.append(DocPlan(doc_id, doc, prompt, target, choices, requests))
-    return plans
+            asks = (Ask("loglikelihood", prompt, str(target)),)
+        else:  # loglikelihood_rolling: lm-eval scores the target text on its own
+            asks = (Ask("rolling", str(target)),)
+        prompts.append(DocPrompt(doc_id, doc, prompt, target, choices, asks))
+    return prompts
+
+
+def texts_of(prompts: Iterable[DocPrompt], builder: RequestBuilder) -> list[str]:
+    """Every distinct text the requests of ``prompts`` tokenize, in first-use order."""
+    texts: dict[str, None] = {}
+    for prompt in prompts:
+        for ask in prompt.asks:
+            texts.update(dict.fromkeys(builder.texts(ask)))
+    return list(texts)
+
+
+def plans_of(prompts: Iterable[DocPrompt], builder: RequestBuilder) -> list[DocPlan]:
+    """``prompts`` with their requests built (``builder``'s tokenizer must know every text)."""
+    return [
+        DocPlan(
+            p.doc_id,
+            p.doc,
+            p.prompt,
+            p.target,
+            p.choices,
+            tuple(r for ask in p.asks for r in builder.requests(ask)),
+        )
+        for p in prompts
+    ]
+
+
+def train_plan(task: TaskConfig, docs: Documents, builder: RequestBuilder) -> list[DocPlan]:
+    """:func:`train_prompts` with their requests."""
+    return plans_of(train_prompts(task, docs), builder)
+
+
+def eval_plan(
+    task: TaskConfig,
+    docs: Documents,
+    builder: RequestBuilder,
+    seed: int,
+    train_answers: dict[int, str] | None = None,
+) -> list[DocPlan]:
+    """:func:`eval_prompts` with their requests."""
+    return plans_of(eval_prompts(task, docs, seed, train_answers), builder)
 
 
 def texts_needed(build: Callable[[Tokenizer], object]) -> list[str]:

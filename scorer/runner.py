@@ -12,7 +12,6 @@ construction.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,10 +23,10 @@ from scorer.manifest import Manifest, TaskEntry
 from scorer.prompts import fewshot_indices
 from scorer.replay import cached_responses, cached_tokens, train_answers
 from scorer.requests import ModelSettings, RequestBuilder
-from scorer.rounds import DocPlan, Documents, eval_plan, texts_needed, train_plan, with_table
+from scorer.rounds import DocPlan, DocPrompt, Documents, eval_prompts, plans_of, texts_of, train_prompts
 from scorer.store import ResponseReader, RunFolder
 from scorer.tasks import TaskConfig, parse_task
-from scorer.tokenizer import Tokenizer
+from scorer.tokenizer import TableTokenizer, prefix_token, special_texts
 
 
 @dataclass
@@ -127,33 +126,37 @@ async def run(options: RunOptions) -> RunReport:
         folder.write_manifest(manifest)
 
         for task, docs, _ in prepared:
+            table: dict[str, list[int]] = {}
+            prefix = None
+            if task.output_type == "loglikelihood_rolling":
+                info = await client.tokenizer_info(options.model, upstream)
+                table.update(await client.tokenize(options.model, upstream, special_texts(info)))
+                prefix = prefix_token(info, TableTokenizer(table))
+            builder = RequestBuilder(task, settings, TableTokenizer(table), prefix)
 
-            def builder(tok: Tokenizer, task: TaskConfig = task) -> RequestBuilder:
-                return RequestBuilder(task, settings, tok)
-
-            async def planned(build: Callable[[Tokenizer], list[DocPlan]]) -> list[DocPlan]:
-                texts = texts_needed(build)
-                table = await client.tokenize(options.model, upstream, texts) if texts else {}
-                return with_table(build, table)
+            async def planned(
+                prompts: list[DocPrompt],
+                builder: RequestBuilder = builder,
+                table: dict[str, list[int]] = table,
+            ) -> list[DocPlan]:
+                texts = [t for t in texts_of(prompts, builder) if t not in table]
+                if texts:
+                    table.update(await client.tokenize(options.model, upstream, texts))
+                return plans_of(prompts, builder)
 
             answers = None
             if task.fewshot_from_model:
-
-                def build_train(
-                    tok: Tokenizer, task: TaskConfig = task, docs: Documents = docs
-                ) -> list[DocPlan]:
-                    return train_plan(task, docs, builder(tok, task))
-
+                prompts = train_prompts(task, docs)
                 if options.skip_train:  # the train answers must already be in the cache: read, never send
                     reader = ResponseReader(options.cache_dir, options.run_id)
                     try:
-                        texts = texts_needed(build_train)
-                        train = with_table(build_train, cached_tokens(reader, upstream, task.name, texts))
+                        table.update(cached_tokens(reader, upstream, task.name, texts_of(prompts, builder)))
+                        train = plans_of(prompts, builder)
                         responses = cached_responses(reader, train, task.name)
                     finally:
                         reader.close()
                 else:
-                    train = await planned(build_train)
+                    train = await planned(prompts)
                     responses = await client.send(
                         (r for p in train for r in p.requests), f"{task.name} train"
                     )
@@ -162,16 +165,7 @@ async def run(options: RunOptions) -> RunReport:
                 answers = train_answers(train, responses)
             if options.skip_eval:
                 continue
-
-            def build_eval(
-                tok: Tokenizer,
-                task: TaskConfig = task,
-                docs: Documents = docs,
-                answers: dict[int, str] | None = answers,
-            ) -> list[DocPlan]:
-                return eval_plan(task, docs, builder(tok, task), options.seed, answers)
-
-            plans = await planned(build_eval)
+            plans = await planned(eval_prompts(task, docs, options.seed, answers))
             responses = await client.send((r for p in plans for r in p.requests), f"{task.name} eval")
             report.sent[f"{task.name}/eval"] = len(responses)
             _mark(manifest, "eval", task.name)

@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from scorer.errors import MissingResponses
 from scorer.filters import FilterChain
 from scorer.metrics import Sample
@@ -23,13 +25,13 @@ NO_FILTER = "none"
 
 @dataclass
 class TaskScores:
-    """A task's aggregated metrics and its per-sample rows."""
+    """A task's aggregated metrics and its per-sample rows (as JSON lines)."""
 
     task: TaskConfig
     n_samples: int
     # (metric, filter) → (value, stderr)
     values: dict[tuple[str, str], tuple[float, float | str]] = field(default_factory=dict)
-    rows: list[dict[str, Any]] = field(default_factory=list)
+    lines: list[bytes] = field(default_factory=list)  # the per-sample JSONL, one row per document and filter
 
 
 def missing_keys(plans: list[DocPlan], responses: Mapping[str, Any]) -> list[str]:
@@ -61,6 +63,63 @@ def _samples(
     return [(NO_FILTER, sample, [])]
 
 
+class TaskScorer:
+    """Scores a task document by document, so a round never has to be in memory at once.
+
+    Per-sample rows are serialised as they are scored (one JSON line each);
+    only the per-sample metric values are kept, for aggregation.
+    """
+
+    def __init__(self, task: TaskConfig) -> None:
+        self.task = task
+        self.n_samples = 0
+        self.lines: list[bytes] = []
+        self._values: dict[tuple[str, str], list[Any]] = {}
+
+    def add(self, plan: DocPlan, responses: Mapping[str, Any]) -> None:
+        """Score one document; ``responses`` must hold every request of ``plan``."""
+        task = self.task
+        self.n_samples += 1
+        generated = task.output_type == "generate_until"
+        keys = [r.key for r in plan.requests]
+        for filter_name, sample, raw in _samples(task, plan, responses):
+            row_values: dict[str, Any] = {}
+            for spec in task.metrics:
+                value = spec.metric.per_sample(sample, spec.options)
+                row_values[spec.name] = value
+                self._values.setdefault((spec.name, filter_name), []).append(value)
+            row = {
+                "doc_id": plan.doc_id,
+                "filter": filter_name,
+                "doc": plan.doc,
+                "prompt": plan.prompt,
+                "target": plan.target,
+                "response": raw,
+                "filtered": sample.predictions if generated else None,
+                "loglikelihoods": sample.loglikelihoods,
+                "metrics": row_values,
+                "keys": keys,
+            }
+            self.lines.append(orjson.dumps(row, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n")
+
+    def finish(self, bootstrap_iters: int = 1000) -> TaskScores:
+        """The aggregated metrics (with standard errors) and the rows."""
+        scores = TaskScores(self.task, self.n_samples, lines=self.lines)
+        for spec in self.task.metrics:
+            for (name, filter_name), values in self._values.items():
+                if name != spec.name or not values:
+                    continue
+                value = spec.metric.aggregate(values)
+                if spec.metric.stderr == "mean":
+                    stderr: float | str = mean_stderr(values)
+                elif spec.metric.stderr == "bootstrap":
+                    stderr = bootstrap_stderr(spec.metric.aggregate, values, bootstrap_iters)
+                else:
+                    stderr = "N/A"
+                scores.values[(name, filter_name)] = (value, stderr)
+        return scores
+
+
 def score_task(
     task: TaskConfig, plans: list[DocPlan], responses: Mapping[str, Any], bootstrap_iters: int = 1000
 ) -> TaskScores:
@@ -72,39 +131,7 @@ def score_task(
     missing = missing_keys(plans, responses)
     if missing:
         raise MissingResponses(task.name, missing)
-    scores = TaskScores(task, len(plans))
-    per_metric: dict[tuple[str, str], list[Any]] = {}
+    scorer = TaskScorer(task)
     for plan in plans:
-        for filter_name, sample, raw in _samples(task, plan, responses):
-            row_values: dict[str, Any] = {}
-            for spec in task.metrics:
-                value = spec.metric.per_sample(sample, spec.options)
-                row_values[spec.name] = value
-                per_metric.setdefault((spec.name, filter_name), []).append(value)
-            scores.rows.append(
-                {
-                    "doc_id": plan.doc_id,
-                    "filter": filter_name,
-                    "doc": plan.doc,
-                    "prompt": plan.prompt,
-                    "target": plan.target,
-                    "response": raw,
-                    "filtered": sample.predictions if task.output_type == "generate_until" else None,
-                    "loglikelihoods": sample.loglikelihoods,
-                    "metrics": row_values,
-                    "keys": [r.key for r in plan.requests],
-                }
-            )
-    for spec in task.metrics:
-        for (name, filter_name), values in per_metric.items():
-            if name != spec.name or not values:
-                continue
-            value = spec.metric.aggregate(values)
-            if spec.metric.stderr == "mean":
-                stderr: float | str = mean_stderr(values)
-            elif spec.metric.stderr == "bootstrap":
-                stderr = bootstrap_stderr(spec.metric.aggregate, values, bootstrap_iters)
-            else:
-                stderr = "N/A"
-            scores.values[(name, filter_name)] = (value, stderr)
-    return scores
+        scorer.add(plan, responses)
+    return scorer.finish(bootstrap_iters)

@@ -147,8 +147,23 @@ class ResponseReader:
 
     def get_many(self, keys: Iterable[str]) -> Iterator[tuple[str, dict[str, Any] | None]]:
         """``(key, response or None)`` for each key."""
+        keys = list(keys)
+        found = self.get_raw_many(keys)
         for key in keys:
-            yield key, self.get(key)
+            raw = found.get(key)
+            yield key, orjson.loads(raw) if raw is not None else None
+
+    def get_raw_many(self, keys: Iterable[str]) -> dict[str, bytes]:
+        """The stored response bytes of those ``keys`` that have one: the index in bulk, then the records."""
+        wanted = list(keys)
+        index = self._open_index()
+        found = index.get_many(wanted) if index is not None else {}
+        if len(found) < len(set(wanted)):
+            records = self._records()
+            for key in wanted:
+                if key not in found and key in records:
+                    found[key] = records[key]
+        return found
 
     def _records(self) -> dict[str, bytes]:
         if self._from_records is None:

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from cache.keys import request_key
+from cache.keys import canonical_key, request_key
 
 TOKENIZE = "/tokenize"
+TOKENIZER_INFO = "/tokenizer_info"
 
 
 def tokenize_body(text: str) -> dict[str, Any]:
@@ -23,7 +24,31 @@ def tokenize_body(text: str) -> dict[str, Any]:
 
 def tokenize_key(upstream_model: str, text: str) -> str:
     """The cache key of tokenizing ``text``."""
-    return request_key(TOKENIZE, upstream_model, tokenize_body(text))
+    # the body has no delivery field and no float: it is its own canonical form
+    return canonical_key(TOKENIZE, upstream_model, tokenize_body(text))
+
+
+def tokenizer_info_key(upstream_model: str) -> str:
+    """The cache key of ``GET /tokenizer_info`` (a body-less request) for ``upstream_model``."""
+    return request_key(TOKENIZER_INFO, upstream_model, {})
+
+
+def special_texts(info: dict[str, Any]) -> list[str]:
+    """The BOS and EOS token strings of a ``/tokenizer_info`` answer, those it names."""
+    return [t for t in (info.get("bos_token"), info.get("eos_token")) if isinstance(t, str) and t]
+
+
+def prefix_token(info: dict[str, Any], tokenizer: Tokenizer) -> int | None:
+    """What rolling loglikelihood conditions the first token on, as lm-eval's remote tokenizer picks it.
+
+    ``bos_token_id or eos_token_id``, each the first id of tokenizing its string
+    (so a BOS id of 0 falls through to EOS, as it does in lm-eval).
+    """
+    ids = [
+        tokenizer.encode(t)[0] if isinstance(t, str) and t else None
+        for t in (info.get("bos_token"), info.get("eos_token"))
+    ]
+    return ids[0] or ids[1]
 
 
 class Tokenizer(Protocol):

@@ -48,5 +48,8 @@ def exact_match(sample: Sample, options: Mapping[str, Any]) -> float:
         return float(
             any(sample.greedy[g] for g in gold if isinstance(g, int) and 0 <= g < len(sample.greedy))
         )
+    if not options:  # the usual case, and the hot path of a re-score
+        answer = sample.prediction
+        return float(any(answer == gold for gold in _gold_strings(sample)))
     answer = normalise(sample.prediction, options)
     return float(any(answer == normalise(gold, options) for gold in _gold_strings(sample)))
