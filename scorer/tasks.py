@@ -170,8 +170,13 @@ def parse_task(data: Any, where: str, base_dir: Path | None = None, strict: bool
     unknown = sorted(set(data) - _KNOWN)
     if unknown and strict:
         raise BadInput(f"{where}: unknown field(s) {', '.join(unknown)}")
+    may_be_empty = set()
+    if data.get("output_type") == "loglikelihood_rolling":  # scores doc_to_target alone, as lm-eval
+        data.setdefault("doc_to_text", "")
+        may_be_empty.add("doc_to_text")
     for required in ("task", "dataset", "eval_split", "doc_to_text", "doc_to_target"):
-        if data.get(required) in (None, ""):
+        value = data.get(required)
+        if value is None or (value == "" and required not in may_be_empty):
             raise BadInput(f"{where}: missing required field '{required}'")
     name = str(data["task"])
     at = f"{where} (task {name})"
@@ -196,8 +201,6 @@ def parse_task(data: Any, where: str, base_dir: Path | None = None, strict: bool
         raise BadInput(
             f"{at}: output_type {raw['output_type']!r} is not one of {', '.join(sorted(OUTPUT_TYPES))}"
         )
-    if raw["output_type"] == "loglikelihood_rolling":
-        raise BadInput(f"{at}: output_type loglikelihood_rolling is not supported yet")
     if raw["output_type"] == "multiple_choice" and raw["doc_to_choice"] is None:
         raise BadInput(f"{at}: missing required field 'doc_to_choice' (output_type multiple_choice)")
     if raw["api"] not in ("completions", "chat"):
