@@ -10,7 +10,15 @@ from gateway.providers.openai_compatible import OpenAICompatibleProvider
 
 
 def make_provider(model: ModelConfig, session: aiohttp.ClientSession) -> Provider:
-    """The provider that serves ``model``."""
+    """The provider that serves ``model``.
+
+    litellm is imported only here, when a model needs it: a gateway in front of
+    OpenAI-compatible servers alone never pays for it.
+    """
     if model.provider == "openai-compatible":
         return OpenAICompatibleProvider(model, session)
+    if model.provider == "litellm":
+        from gateway.providers.litellm import LiteLLMProvider
+
+        return LiteLLMProvider(model)
     raise ValueError(f"unknown provider {model.provider!r}")
