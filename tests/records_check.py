@@ -29,7 +29,10 @@ def read_run(directory: Path) -> tuple[list[dict[str, Any]], ReadReport]:
             f"{path.name}: line {number} of {counts[path]} does not parse, and it is not the torn tail: "
             f"{_line(path, number)!r}"
         )
-        assert not path.read_bytes().endswith(b"\n"), f"{path.name}: a torn tail must lack its newline"
+        assert not path.read_bytes().endswith(b"\n"), (
+            f"{path.name}: line {number} does not parse yet ends with a newline, so it is not a torn tail "
+            f"but a broken record: {_line(path, number)!r}"
+        )
     return records, report
 
 
