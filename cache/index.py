@@ -3,7 +3,11 @@
 The index is a convenience: the run records are the source of truth and
 :func:`rebuild_index` recreates it from them alone. diskcache is process-safe
 (SQLite underneath), so several gateways can share one cache dir. Every call
-that touches disk runs in a small thread pool, never on the event loop.
+that touches disk runs in a small thread pool, never on the event loop; the
+async methods keep a bounded in-memory tier of recently used bodies in front
+of it, so a repeated hit costs a dict lookup instead of a thread hop. (A
+``no-cache`` refresh made by another process reaches this tier only once the
+entry has aged out of it.)
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -33,10 +38,13 @@ INDEXED_SERVED = frozenset({"miss", "batched"})
 class ResponseIndex:
     """Key → response body bytes, stored under ``<cache_dir>/index``."""
 
-    def __init__(self, cache_dir: Path, size_limit: int = 2**40) -> None:
+    def __init__(self, cache_dir: Path, size_limit: int = 2**40, memory_bytes: int = 64 * 2**20) -> None:
         # eviction off: losing an entry would mean paying for it again.
         self._cache = diskcache.Cache(str(cache_dir / "index"), size_limit=size_limit, eviction_policy="none")
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="index")
+        self._recent: OrderedDict[str, bytes] = OrderedDict()
+        self._recent_bytes = 0
+        self._memory_bytes = memory_bytes
 
     def get(self, key: str) -> bytes | None:
         """The stored body for ``key``, or None (blocking; see :meth:`aget`)."""
@@ -82,12 +90,30 @@ class ResponseIndex:
         self._cache.set(key, body)
 
     async def aget(self, key: str) -> bytes | None:
-        """:meth:`get` off the event loop."""
-        return await self._off_loop(self.get, key)
+        """:meth:`get`, from the memory tier or off the event loop."""
+        body = self._recent.get(key)
+        if body is not None:
+            self._recent.move_to_end(key)
+            return body
+        body = await self._off_loop(self.get, key)
+        if body is not None:
+            self._remember(key, body)
+        return body
 
     async def aset(self, key: str, body: bytes) -> None:
-        """:meth:`set` off the event loop."""
+        """:meth:`set` off the event loop; the body is then in the memory tier too."""
         await self._off_loop(self.set, key, body)
+        self._remember(key, body)
+
+    def _remember(self, key: str, body: bytes) -> None:
+        if len(body) > self._memory_bytes // 8:
+            return  # one huge body must not flush the tier
+        old = self._recent.pop(key, None)
+        self._recent_bytes += len(body) - (len(old) if old is not None else 0)
+        self._recent[key] = body
+        while self._recent_bytes > self._memory_bytes:
+            _, evicted = self._recent.popitem(last=False)
+            self._recent_bytes -= len(evicted)
 
     async def _off_loop(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
@@ -98,6 +124,8 @@ class ResponseIndex:
     def clear(self) -> None:
         """Drop every entry."""
         self._cache.clear()
+        self._recent.clear()
+        self._recent_bytes = 0
 
     def close(self) -> None:
         """Finish pending work and close the database."""

@@ -6,22 +6,25 @@ Durability, as promised to callers of :meth:`RecordWriter.append`:
   ``write(2)`` on the run's shard: it survives a crash (even ``kill -9``) of
   this process;
 * with ``fsync="always"`` it has also been fsynced: it survives power loss;
-  with ``"interval"`` the shard is fsynced at most ``fsync_interval`` seconds
-  after the write; with ``"never"`` only when the kernel decides.
+  with ``"interval"`` the shard is fsynced within ``fsync_interval`` seconds of
+  the write; with ``"never"`` only when the kernel decides;
+* when a write fails (disk full), ``append`` raises :class:`RecordWriteError`
+  and the shard is cut back to where it was, so no fragment is left to glue
+  onto the next line.
 
 Each process writes its own shard per run (``<start>-<host>-<pid>.jsonl``), so
-two gateways on one cache dir never interleave lines. Writes are group-committed
-by one thread: everything queued while the previous batch was on disk goes out
-in one ``write`` per shard, and the event loop never blocks on disk.
-A crash can tear only the last line of a shard; :func:`read_records` skips it
-and reports it.
+two gateways on one cache dir never interleave lines. Writes are group-committed:
+every line appended during one turn of the event loop goes out in one
+``write`` per shard at the end of that turn (a write to the page cache, which
+costs microseconds), and fsync, which can take milliseconds, runs in a thread
+so the loop never waits on the disk. A crash can tear only the last line of a
+shard; :func:`read_records` skips it and reports it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import queue
 import socket
 import threading
 import time
@@ -37,15 +40,16 @@ from cache.runs import run_dir
 FsyncPolicy = Literal["always", "interval", "never"]
 RECORD_SCHEMA = 1
 
-_STOP = object()
-
 
 class RecordWriteError(OSError):
     """A record could not be written (disk full, permissions): nothing was acknowledged."""
 
 
+Pending = tuple[str, bytes, "asyncio.Future[None]"]
+
+
 class RecordWriter:
-    """Group-committing writer of run records, safe to call from one event loop."""
+    """Group-committing writer of run records, for use from one event loop."""
 
     def __init__(
         self,
@@ -60,11 +64,8 @@ class RecordWriter:
         self.fsync_interval = fsync_interval
         self._shard_name = f"{int(time.time() * 1000)}-{socket.gethostname()}-{os.getpid()}.jsonl"
         self._files: dict[str, int] = {}
-        self._dirty: set[int] = set()
-        self._last_sync = time.monotonic()
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="record-writer", daemon=True)
-        self._thread.start()
+        self._pending: list[Pending] = []
+        self._syncer = _Syncer(fsync_interval) if fsync != "never" else None
 
     def shard_path(self, run_id: str) -> Path:
         """The file this process appends ``run_id``'s records to."""
@@ -75,91 +76,118 @@ class RecordWriter:
         line = orjson.dumps(record) + b"\n"
         if self._scrub is not None:  # secrets an upstream echoed never reach the disk
             line = self._scrub(line)
-        done = asyncio.get_running_loop().create_future()
-        self._queue.put((run_id, line, done))
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        if not self._pending:  # first line of this turn: commit them all at its end
+            loop.call_soon(self._commit)
+        self._pending.append((run_id, line, done))
         await done
 
-    def close(self) -> None:
-        """Write what is queued, fsync and close every shard. Idempotent."""
-        if self._thread.is_alive():
-            self._queue.put(_STOP)
-            self._thread.join()
-
-    # -- the writer thread --------------------------------------------------
-
-    def _run(self) -> None:
-        while True:
-            item = self._queue.get()
-            batch = [item]
-            while True:  # group commit: take everything that queued up meanwhile
-                try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            stop = any(b is _STOP for b in batch)
-            self._commit([b for b in batch if b is not _STOP])
-            if stop:
-                self._close_files()
-                return
-
-    def _commit(self, batch: list[tuple[str, bytes, asyncio.Future[None]]]) -> None:
-        if not batch:
-            return
-        by_run: dict[str, list[tuple[bytes, asyncio.Future[None]]]] = {}
-        for run_id, line, done in batch:
-            by_run.setdefault(run_id, []).append((line, done))
-        outcomes: list[tuple[asyncio.Future[None], BaseException | None]] = []
+    def _commit(self) -> None:
+        batch, self._pending = self._pending, []
+        by_run: dict[str, list[Pending]] = {}
+        for item in batch:
+            by_run.setdefault(item[0], []).append(item)
+        written: list[int] = []
         for run_id, items in by_run.items():
-            error: BaseException | None = None
             try:
-                self._write(run_id, b"".join(line for line, _ in items))
+                written.append(self._write(run_id, b"".join(line for _, line, _ in items)))
             except OSError as exc:
                 error = RecordWriteError(exc.errno, f"cannot write run record: {exc.strerror}")
-            outcomes.extend((done, error) for _, done in items)
-        loops: dict[asyncio.AbstractEventLoop, list[Any]] = {}
-        for done, error in outcomes:
-            loops.setdefault(done.get_loop(), []).append((done, error))
-        for loop, settled in loops.items():
-            loop.call_soon_threadsafe(_settle, settled)
+                for _, _, done in items:
+                    if not done.done():
+                        done.set_exception(error)
+                continue
+            if self.fsync != "always":
+                _settle([done for _, _, done in items])
+        if self._syncer is not None and written:
+            acks = [d for _, _, d in batch if not d.done()] if self.fsync == "always" else []
+            self._syncer.mark(written, acks, batch[0][2].get_loop())
 
-    def _write(self, run_id: str, data: bytes) -> None:
+    def _write(self, run_id: str, data: bytes) -> int:
         fd = self._files.get(run_id)
         if fd is None:
             path = self.shard_path(run_id)
             path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             self._files[run_id] = fd
+        size = os.fstat(fd).st_size
         view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
-        self._dirty.add(fd)
-        now = time.monotonic()
-        if self.fsync == "always" or (
-            self.fsync == "interval" and now - self._last_sync >= self.fsync_interval
-        ):
-            for dirty in self._dirty:
-                os.fsync(dirty)
-            self._dirty.clear()
-            self._last_sync = now
+        try:
+            while view:
+                view = view[os.write(fd, view) :]
+        except OSError:
+            os.ftruncate(fd, size)  # one writer per shard: cutting back is safe
+            raise
+        return fd
 
-    def _close_files(self) -> None:
+    def close(self) -> None:
+        """Write what is pending, fsync and close every shard. Idempotent."""
+        if self._pending:
+            self._commit()
+        if self._syncer is not None:
+            self._syncer.stop()
         for fd in self._files.values():
             if self.fsync != "never":
                 os.fsync(fd)
             os.close(fd)
         self._files.clear()
-        self._dirty.clear()
 
 
-def _settle(outcomes: list[tuple[asyncio.Future[None], BaseException | None]]) -> None:
-    for done, error in outcomes:
+def _settle(futures: list[asyncio.Future[None]], error: BaseException | None = None) -> None:
+    for done in futures:
         if done.done():
             continue
         if error is None:
             done.set_result(None)
         else:
             done.set_exception(error)
+
+
+class _Syncer:
+    """A thread that fsyncs written shards: at once for waiting acks, else within an interval."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._lock = threading.Lock()
+        self._dirty: set[int] = set()
+        self._acks: list[tuple[asyncio.AbstractEventLoop, list[asyncio.Future[None]]]] = []
+        self._wake = threading.Event()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="record-fsync", daemon=True)
+        self._thread.start()
+
+    def mark(self, fds: list[int], acks: list[asyncio.Future[None]], loop: asyncio.AbstractEventLoop) -> None:
+        with self._lock:
+            self._dirty.update(fds)
+            if acks:
+                self._acks.append((loop, acks))
+                self._wake.set()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait(self.interval)
+            self._wake.clear()
+            with self._lock:
+                dirty, self._dirty = self._dirty, set()
+                acks, self._acks = self._acks, []
+                stopping = self._stopping
+            error: RecordWriteError | None = None
+            for fd in dirty:
+                try:
+                    os.fsync(fd)
+                except OSError as exc:  # the disk failed: whoever waits for this sync hears so
+                    error = RecordWriteError(exc.errno, f"cannot sync run record: {exc.strerror}")
+            for loop, futures in acks:
+                loop.call_soon_threadsafe(_settle, futures, error)
+            if stopping:
+                return
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopping = True
+        self._wake.set()
+        self._thread.join()
 
 
 @dataclass

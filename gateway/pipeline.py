@@ -11,6 +11,8 @@ nor the run its record.
 from __future__ import annotations
 
 import asyncio
+import logging
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -27,6 +29,8 @@ from gateway.pricing import Costs
 from gateway.singleflight import SingleFlight
 from gateway.streaming import DONE, StreamAssembler, replay_events, sse_event
 from gateway.upstream import Attempts, Upstream, torn_body
+
+log = logging.getLogger("gateway.pipeline")
 
 CacheMode = Literal["use", "refresh", "bypass"]
 Served = Literal["miss", "hit", "coalesced", "batched"]
@@ -137,11 +141,14 @@ class Pipeline:
         attempts: Attempts,
         data: Any = None,
     ) -> None:
-        record = self._record(call, served, started, body=body, request=request, attempts=attempts, data=data)
+        # The record first: the index is never ahead of the source of truth.
+        await self._record(call, served, started, body=body, request=request, attempts=attempts, data=data)
         if call.cache_mode == "bypass":
-            await record
-        else:
-            await asyncio.gather(record, self.index.aset(call.key, body))
+            return
+        try:
+            await self.index.aset(call.key, body)
+        except (OSError, sqlite3.Error) as exc:  # e.g. a full disk: the kept record still stands
+            log.warning("index write failed (%s); `gateway cache rebuild` restores it from the records", exc)
 
     # -- streamed answers ------------------------------------------------------
 

@@ -77,11 +77,6 @@ def tracebacks(caplog: pytest.LogCaptureFixture) -> str:
     return "\n".join(r.getMessage() + "\n" + (r.exc_text or "") for r in caplog.records if r.levelno >= 40)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gateway bugs: diskcache's 'database or disk is full' (sqlite3.OperationalError) escapes "
-    "Pipeline._store as a 500; and a partly written record line glues the next acknowledged one to it",
-)
 async def test_a_full_disk_gets_a_clear_503_never_a_500_and_the_gateway_recovers_when_space_returns(
     small_disk: Path, standin: StandIn, make_gateway: GatewayFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -124,10 +119,6 @@ async def test_a_full_disk_gets_a_clear_503_never_a_500_and_the_gateway_recovers
     assert not tracebacks(caplog), tracebacks(caplog)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="RecordWriter._write leaves a short write's bytes in the shard; the next record is glued to them",
-)
 async def test_a_record_refused_for_want_of_space_leaves_no_broken_line_before_the_next_one(
     small_disk: Path,
 ) -> None:

@@ -120,7 +120,7 @@ async def test_rpm_limit_holds_over_a_burst(make_gateway: GatewayFactory, standi
     assert all(r.status == 200 for r in responses)
     arrivals = sorted(standin.arrivals)
     assert len(arrivals) == 63
-    jitter = 0.05  # seconds between leaving the gateway and arriving here
+    jitter = 0.25  # seconds between leaving the gateway and arriving here, on a loaded 2-core machine
     for i, start in enumerate(arrivals):  # in every window, at most the bucket plus its refill
         for j in range(i, len(arrivals)):
             assert j - i + 1 <= 60 + (arrivals[j] - start + jitter) * 1.0
