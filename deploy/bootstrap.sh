@@ -74,9 +74,11 @@ vllm_venv() {
     touch "$venv/.complete"
   fi
   # The gateway itself runs under this venv when it serves `provider: vllm` in
-  # process. Add the gateway's own dependencies that vLLM lacks, pinned to what
-  # vLLM already installed so none of its pins move.
-  local gateway_deps="aiohttp click diskcache orjson prometheus-client pyyaml tenacity"
+  # process. Add the gateway's own dependencies (pyproject's, less litellm and
+  # the scorer's) that vLLM lacks, pinned to what vLLM already installed so
+  # none of its pins move. A gateway dependency missing here fails the import check.
+  local gateway_deps="aiohttp click diskcache orjson prometheus-client pyyaml tenacity ddsketch plotly"
+  gateway_deps+=" python-json-logger"
   if [ "$(cat "$venv/.gateway-deps" 2>/dev/null)" != "$gateway_deps" ]; then
     log "adding the gateway's dependencies to $venv"
     local pins
@@ -85,8 +87,9 @@ vllm_venv() {
     # shellcheck disable=SC2086
     "$venv/bin/pip" install -q -c "$pins" $gateway_deps
     rm -f "$pins"
-    "$venv/bin/python" -c 'import vllm, diskcache, orjson, tenacity' \
-      || { log "the vLLM venv no longer imports vllm"; exit 1; }
+    "$venv/bin/python" -c 'import vllm' || { log "the vLLM venv no longer imports vllm"; exit 1; }
+    PYTHONPATH="$ROOT" "$venv/bin/python" -c 'import gateway.app, gateway.cli' \
+      || { log "the gateway does not import under $venv: add its missing dependency above"; exit 1; }
     echo "$gateway_deps" > "$venv/.gateway-deps"
   fi
 }

@@ -12,8 +12,8 @@ from gateway.providers.openai_compatible import OpenAICompatibleProvider
 def make_provider(model: ModelConfig, session: aiohttp.ClientSession) -> Provider:
     """The provider that serves ``model``.
 
-    litellm is imported only here, when a model needs it: a gateway in front of
-    OpenAI-compatible servers alone never pays for it.
+    litellm and vLLM are imported only here, when a model needs them: a gateway
+    in front of OpenAI-compatible servers alone never pays for either.
     """
     if model.provider == "openai-compatible":
         return OpenAICompatibleProvider(model, session)
@@ -21,4 +21,8 @@ def make_provider(model: ModelConfig, session: aiohttp.ClientSession) -> Provide
         from gateway.providers.litellm import LiteLLMProvider
 
         return LiteLLMProvider(model)
+    if model.provider == "vllm":
+        from gateway.providers.vllm_engine import VLLMEngineProvider
+
+        return VLLMEngineProvider(model)
     raise ValueError(f"unknown provider {model.provider!r}")
