@@ -103,7 +103,9 @@ class LiteLLMProvider:
 
     async def close(self) -> None:
         """Close the HTTP clients litellm cached (shared by all litellm models; closing twice is harmless)."""
-        await self.litellm.close_litellm_async_clients()
+        close = getattr(self.litellm, "close_litellm_async_clients", None)  # absent before litellm 1.74
+        if close is not None:
+            await close()
 
     def upstream_error(self, exc: Exception) -> GatewayError:
         """The gateway's error for a litellm exception: its status, retryable when it may pass."""
