@@ -103,7 +103,7 @@ class LiteLLMProvider:
 
     async def close(self) -> None:
         """Close the HTTP clients litellm cached (shared by all litellm models; closing twice is harmless)."""
-        close = getattr(self.litellm, "close_litellm_async_clients", None)  # absent before litellm 1.74
+        close = getattr(self.litellm, "close_litellm_async_clients", None)  # not in every litellm release
         if close is not None:
             await close()
 
