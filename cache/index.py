@@ -19,7 +19,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import diskcache
 import orjson
@@ -29,6 +29,9 @@ from cache.runs import list_runs, run_dir
 
 # Keys per SQL query in :meth:`ResponseIndex.get_many` (SQLite's default limit on parameters is 999+).
 MANY_BATCH = 500
+
+In = TypeVar("In")
+Out = TypeVar("Out")
 
 # Records whose response is a fresh upstream answer; hits and coalesced
 # records are copies and add nothing to a rebuild.
@@ -42,6 +45,8 @@ class ResponseIndex:
         # eviction off: losing an entry would mean paying for it again.
         self._cache = diskcache.Cache(str(cache_dir / "index"), size_limit=size_limit, eviction_policy="none")
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="index")
+        self._gets: _TurnBatch[str, bytes | None] = _TurnBatch(self._pool, self._get_batch)
+        self._sets: _TurnBatch[tuple[str, bytes], None] = _TurnBatch(self._pool, self._set_batch)
         self._recent: OrderedDict[str, bytes] = OrderedDict()
         self._recent_bytes = 0
         self._memory_bytes = memory_bytes
@@ -95,15 +100,24 @@ class ResponseIndex:
         if body is not None:
             self._recent.move_to_end(key)
             return body
-        body = await self._off_loop(self.get, key)
+        body = await self._gets.submit(key)
         if body is not None:
             self._remember(key, body)
         return body
 
     async def aset(self, key: str, body: bytes) -> None:
         """:meth:`set` off the event loop; the body is then in the memory tier too."""
-        await self._off_loop(self.set, key, body)
+        await self._sets.submit((key, body))
         self._remember(key, body)
+
+    def _get_batch(self, keys: list[str]) -> list[bytes | None]:
+        return [self.get(key) for key in keys]
+
+    def _set_batch(self, items: list[tuple[str, bytes]]) -> list[None]:
+        with self._cache.transact():  # one SQLite commit for the whole turn's writes
+            for key, body in items:
+                self._cache.set(key, body)
+        return [None] * len(items)
 
     def _remember(self, key: str, body: bytes) -> None:
         if len(body) > self._memory_bytes // 8:
@@ -114,9 +128,6 @@ class ResponseIndex:
         while self._recent_bytes > self._memory_bytes:
             _, evicted = self._recent.popitem(last=False)
             self._recent_bytes -= len(evicted)
-
-    async def _off_loop(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
     def __len__(self) -> int:
         return len(self._cache)
@@ -131,6 +142,44 @@ class ResponseIndex:
         """Finish pending work and close the database."""
         self._pool.shutdown(wait=True)
         self._cache.close()
+
+
+class _TurnBatch(Generic[In, Out]):
+    """Everything submitted during one turn of the event loop goes to the pool as one call.
+
+    Under concurrency this turns one thread round trip (and, for writes, one
+    SQLite commit) per request into one per loop turn.
+    """
+
+    def __init__(self, pool: ThreadPoolExecutor, run: Callable[[list[In]], list[Out]]) -> None:
+        self._pool = pool
+        self._run = run
+        self._pending: list[tuple[In, asyncio.Future[Out]]] = []
+
+    async def submit(self, item: In) -> Out:
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[Out] = loop.create_future()
+        if not self._pending:
+            loop.call_soon(self._flush, loop)
+        self._pending.append((item, done))
+        return await done
+
+    def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        batch, self._pending = self._pending, []
+        work = loop.run_in_executor(self._pool, self._run, [item for item, _ in batch])
+        work.add_done_callback(lambda finished: _deliver(batch, finished))
+
+
+def _deliver(batch: list[tuple[Any, asyncio.Future[Any]]], finished: asyncio.Future[list[Any]]) -> None:
+    error = finished.exception()
+    results = finished.result() if error is None else [None] * len(batch)
+    for (_, done), result in zip(batch, results, strict=True):
+        if done.done():
+            continue
+        if error is None:
+            done.set_result(result)
+        else:
+            done.set_exception(error)
 
 
 def indexable(record: dict[str, Any]) -> bool:
