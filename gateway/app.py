@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -88,6 +89,7 @@ async def _resources(config: GatewayConfig, handlers: Handlers, redactor: Redact
         for upstream in launched:
             await upstream.start(session)
         upstreams = {m.name: Upstream(m, make_provider(m, session)) for m in config.models}
+        await asyncio.gather(*(u.provider.ready() for u in upstreams.values()))  # healthy means serving
         metrics = app[METRICS]
         handlers.pipeline = app[PIPELINE] = Pipeline(index, records, upstreams, Costs(config.models), metrics)
         metrics.watch(upstreams)

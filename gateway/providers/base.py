@@ -28,6 +28,10 @@ class Provider(Protocol):
         """The ``data:`` payloads of a server-sent-event answer, ending before ``[DONE]``."""
         ...
 
+    async def ready(self) -> None:
+        """Wait until the provider can serve (an in-process engine loading); the gateway listens after."""
+        ...
+
     async def close(self) -> None:
         """Release what the provider holds (sessions, engines)."""
         ...

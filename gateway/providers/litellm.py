@@ -101,6 +101,9 @@ class LiteLLMProvider:
         except Exception as exc:
             raise self.upstream_error(exc) from exc
 
+    async def ready(self) -> None:
+        """Nothing to wait for: the upstream is another process."""
+
     async def close(self) -> None:
         """Close the HTTP clients litellm cached (shared by all litellm models; closing twice is harmless)."""
         close = getattr(self.litellm, "close_litellm_async_clients", None)  # not in every litellm release

@@ -61,6 +61,9 @@ class OpenAICompatibleProvider:
         except aiohttp.ClientError as exc:
             raise upstream_unreachable(str(exc) or type(exc).__name__) from exc
 
+    async def ready(self) -> None:
+        """Nothing to wait for: the upstream is another process."""
+
     async def close(self) -> None:
         """The session is shared and closed by the app."""
 
