@@ -13,9 +13,12 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from cache.records import read_records, shard_paths
+from cache.runs import run_dir
 from gateway.app import PIPELINE, create_app
 from gateway.config import GatewayConfig, parse_config
 from gateway.upstream import Upstream
+from tests.standin import StandIn
 from tests.upstreams import CountingRelay, VLLMServer, vllm_available
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -33,6 +36,24 @@ def vllm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VLLMServer]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+async def standin() -> AsyncIterator[StandIn]:
+    """The fault-injecting stand-in upstream (tests/standin.py), in this event loop."""
+    server = StandIn()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+async def other_standin() -> AsyncIterator[StandIn]:
+    """A second stand-in, for proving one upstream's trouble leaves another alone."""
+    server = StandIn()
+    await server.start()
+    yield server
+    await server.stop()
 
 
 @pytest.fixture
@@ -56,6 +77,10 @@ class RunningGateway:
     @property
     def cache_dir(self) -> Path:
         return self.config.cache_dir
+
+    def records(self, run_id: str = "default") -> list[dict[str, Any]]:
+        """Every record of ``run_id`` this gateway's store holds, oldest shard first."""
+        return list(read_records(shard_paths(run_dir(self.cache_dir, run_id))))
 
     def upstream(self, model: str) -> Upstream:
         """The scheduling layer in front of ``model``'s provider."""

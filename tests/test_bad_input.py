@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import orjson
@@ -18,14 +17,6 @@ from tests.conftest import GatewayFactory, RunningGateway, model_yaml
 from tests.standin import StandIn
 
 BODY = {"model": "standin", "prompt": "hello", "max_tokens": 4}
-
-
-@pytest.fixture
-async def standin() -> AsyncIterator[StandIn]:
-    server = StandIn()
-    await server.start()
-    yield server
-    await server.stop()
 
 
 @pytest.fixture

@@ -22,14 +22,6 @@ BODY = {"model": "standin", "prompt": "slow question", "max_tokens": 4}
 RUN = "hangup"
 
 
-@pytest.fixture
-async def standin() -> AsyncIterator[StandIn]:
-    server = StandIn()
-    await server.start()
-    yield server
-    await server.stop()
-
-
 class Served:
     """A gateway on a real port whose open client connections can be counted."""
 

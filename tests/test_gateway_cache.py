@@ -6,8 +6,6 @@ import asyncio
 
 import orjson
 
-from cache.records import read_records, shard_paths
-from cache.runs import run_dir
 from tests.conftest import RunningGateway
 from tests.upstreams import CountingRelay
 
@@ -18,10 +16,6 @@ CHAT = {
     "temperature": 0,
 }
 COMPLETION = {"model": "smollm2", "prompt": "The capital of France is", "max_tokens": 6, "temperature": 0}
-
-
-def records_of(gateway: RunningGateway, run_id: str) -> list[dict]:
-    return list(read_records(shard_paths(run_dir(gateway.cache_dir, run_id))))
 
 
 async def test_repeated_request_is_a_hit_with_one_upstream_call(
@@ -83,7 +77,7 @@ async def test_streamed_miss_then_streamed_hit_carry_the_same_text(
 async def test_streamed_chat_is_assembled_into_one_record(gateway: RunningGateway) -> None:
     response = await gateway.post("/runs/chat-stream/v1/chat/completions", {**CHAT, "stream": True})
     assert response.status == 200
-    (record,) = records_of(gateway, "chat-stream")
+    (record,) = gateway.records("chat-stream")
     assert record["served"] == "miss" and record["stream"] is True
     assert record["response"]["object"] == "chat.completion"
     assert record["response"]["choices"][0]["message"]["content"]
@@ -96,12 +90,12 @@ async def test_every_request_and_response_lands_in_its_runs_jsonl(
     await gateway.post("/runs/my-run/v1/completions", COMPLETION)
     await gateway.post("/runs/my-run/v1/completions", COMPLETION)
     await gateway.post("/v1/completions", COMPLETION, headers={"X-Run-Id": "by-header"})
-    records = records_of(gateway, "my-run")
+    records = gateway.records("my-run")
     assert [r["served"] for r in records] == ["miss", "hit"]
     assert records[0]["response"] == records[1]["response"]
     assert records[0]["request"]["prompt"] == COMPLETION["prompt"]
     assert records[0]["usage"]["prompt_tokens"] > 0
-    assert [r["served"] for r in records_of(gateway, "by-header")] == ["hit"]
+    assert [r["served"] for r in gateway.records("by-header")] == ["hit"]
 
 
 async def test_cache_control_no_cache_refreshes_and_no_store_bypasses(

@@ -2,27 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import orjson
 import pytest
 
 from cache.index import ResponseIndex
-from cache.records import read_records, shard_paths
+from cache.records import shard_paths
 from cache.runs import run_dir
 from tests.conftest import GatewayFactory, RunningGateway, model_yaml
 from tests.standin import Fault, StandIn
 from tests.upstreams import free_port
 
 BODY = {"model": "standin", "prompt": "hello", "max_tokens": 4}
-
-
-@pytest.fixture
-async def standin() -> AsyncIterator[StandIn]:
-    server = StandIn()
-    await server.start()
-    yield server
-    await server.stop()
 
 
 @pytest.fixture
@@ -37,10 +27,6 @@ async def error_of(response) -> dict:  # type: ignore[no-untyped-def]
     payload = orjson.loads(await response.read())
     assert set(payload["error"]) == {"message", "type", "code"}
     return payload["error"]
-
-
-def records(gateway: RunningGateway, run_id: str = "default") -> list[dict]:
-    return list(read_records(shard_paths(run_dir(gateway.cache_dir, run_id))))
 
 
 @pytest.mark.parametrize(
@@ -110,7 +96,7 @@ async def test_an_upstream_error_status_is_passed_on_with_its_message_and_not_ca
     retried = await faulty.post("/v1/completions", BODY)
     assert (retried.status, retried.headers["X-Cache"]) == (200, "miss")
     assert standin.calls["/v1/completions"] == 2
-    statuses = [(r["status"], r["served"], r["error"] is not None) for r in records(faulty)]
+    statuses = [(r["status"], r["served"], r["error"] is not None) for r in faulty.records()]
     assert statuses == [(400, "miss", True), (200, "miss", False)]
 
 
@@ -119,7 +105,7 @@ async def test_an_upstream_timeout_gets_504(faulty: RunningGateway, standin: Sta
     response = await faulty.post("/v1/completions", BODY)
     assert response.status == 504
     assert (await error_of(response))["code"] == "upstream_timeout"
-    assert records(faulty)[0]["status"] == 504
+    assert faulty.records()[0]["status"] == 504
 
 
 async def test_an_unreachable_upstream_gets_502(make_gateway: GatewayFactory) -> None:
@@ -136,7 +122,7 @@ async def test_a_torn_or_invalid_upstream_body_gets_502_and_is_not_cached(
     standin.script = [Fault(fault)]
     response = await faulty.post("/v1/completions", BODY)
     assert response.status == 502
-    key = response.headers.get("X-Record-Key") or records(faulty)[0]["key"]
+    key = response.headers.get("X-Record-Key") or faulty.records()[0]["key"]
     index = ResponseIndex(faulty.cache_dir)
     try:
         assert index.get(key) is None
@@ -154,7 +140,7 @@ async def test_a_stream_torn_before_done_ends_with_an_error_event_and_is_not_cac
     assert b"upstream" in events[-2] and b"[DONE]" not in await torn.read()
     again = await faulty.post("/v1/completions", {**BODY, "stream": True})
     assert again.headers["X-Cache"] == "miss" and (await again.read()).endswith(b"data: [DONE]\n\n")
-    assert [r["status"] for r in records(faulty)] == [502, 200]
+    assert [r["status"] for r in faulty.records()] == [502, 200]
 
 
 async def test_an_upstream_error_before_a_stream_starts_is_a_plain_json_error(

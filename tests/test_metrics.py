@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator
 
 import orjson
 import pytest
@@ -46,14 +45,6 @@ def total(samples: dict, name: str, **labels: str) -> float:
         for (sample, sample_labels), value in samples.items()
         if sample == name and labels.items() <= dict(sample_labels).items()
     )
-
-
-@pytest.fixture
-async def standin() -> AsyncIterator[StandIn]:
-    server = StandIn()
-    await server.start()
-    yield server
-    await server.stop()
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import orjson
@@ -42,14 +41,6 @@ def litellm_yaml(api_base: str, name: str = "smol", **extra: object) -> str:
 @pytest.fixture(autouse=True)
 def key(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(KEY_ENV, SECRET)
-
-
-@pytest.fixture
-async def standin() -> AsyncIterator[StandIn]:
-    server = StandIn()
-    await server.start()
-    yield server
-    await server.stop()
 
 
 def provider_for(api_base: str, timeout_s: float = 30, upstream: str = "standin") -> LiteLLMProvider:

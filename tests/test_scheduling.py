@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import orjson
 import pytest
 
-from cache.records import read_records, shard_paths
-from cache.runs import run_dir
 from gateway.scheduler import Limits, Scheduler, TokenBucket
 from tests.conftest import GatewayFactory, RunningGateway, model_yaml
 from tests.standin import Fault, StandIn
@@ -17,26 +14,6 @@ from tests.upstreams import CountingRelay
 
 BODY = {"model": "standin", "prompt": "hello", "max_tokens": 4}
 FAST_RETRIES = "{attempts: 3, initial_s: 0.01, max_s: 0.05}"
-
-
-@pytest.fixture
-async def standin() -> AsyncIterator[StandIn]:
-    server = StandIn()
-    await server.start()
-    yield server
-    await server.stop()
-
-
-@pytest.fixture
-async def other_standin() -> AsyncIterator[StandIn]:
-    server = StandIn()
-    await server.start()
-    yield server
-    await server.stop()
-
-
-def records(gateway: RunningGateway, run_id: str = "default") -> list[dict]:
-    return list(read_records(shard_paths(run_dir(gateway.cache_dir, run_id))))
 
 
 async def gateway_for(make_gateway: GatewayFactory, standin: StandIn, **extra: object) -> RunningGateway:
@@ -77,7 +54,7 @@ async def test_failures_that_may_pass_are_retried_and_every_attempt_is_recorded(
     response = await gateway.post("/v1/completions", BODY)
     assert response.status == 200
     assert standin.calls["/v1/completions"] == len(faults) + 1
-    (record,) = records(gateway)
+    (record,) = gateway.records()
     assert record["attempts"] == len(faults) + 1
     assert len(record["failed_attempts"]) == len(faults)
     assert (await gateway.post("/v1/completions", BODY)).headers["X-Cache"] == "hit"
@@ -103,7 +80,7 @@ async def test_exhausted_retries_give_the_last_error_and_cache_nothing(
     response = await gateway.post("/v1/completions", BODY)
     assert response.status == 503
     assert "third" in orjson.loads(await response.read())["error"]["message"]
-    (record,) = records(gateway)
+    (record,) = gateway.records()
     assert [a["status"] for a in record["failed_attempts"]] == [500, 502, 503]
     assert record["attempts"] == 3 and record["status"] == 503
     assert (await gateway.post("/v1/completions", BODY)).headers["X-Cache"] == "miss"
@@ -245,7 +222,7 @@ async def test_micro_batching_sends_fewer_calls_and_each_client_gets_its_own_ans
         a, b = orjson.loads(await mine.read()), orjson.loads(await single.read())
         assert a["choices"] == b["choices"]
         assert a["usage"]["prompt_tokens"] == b["usage"]["prompt_tokens"]
-    served = [r["served"] for r in records(batched, "b")]
+    served = [r["served"] for r in batched.records("b")]
     assert served == ["batched"] * 8
     again = await batched.post("/runs/b/v1/completions", bodies[3])
     assert again.headers["X-Cache"] == "hit" and await again.read() == await together[3].read()

@@ -6,7 +6,6 @@ import asyncio
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -21,14 +20,6 @@ from tests.upstreams import free_port
 CLIENT_KEY = "rg-client-key-0123456789abcdef"
 PROVIDER_SECRET = "sk-planted-SECRET-4c1d7e0b9a"
 BODY = {"model": "standin", "prompt": "hello", "max_tokens": 4}
-
-
-@pytest.fixture
-async def standin() -> AsyncIterator[StandIn]:
-    server = StandIn()
-    await server.start()
-    yield server
-    await server.stop()
 
 
 def keyed_yaml(api_base: str, runs: str = '[""]', models: str = '["standin"]') -> str:
