@@ -84,3 +84,51 @@ def canonical_key(
     if salt:
         canonical["salt"] = salt
     return hashlib.sha256(orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+# Stands in for the varying field while a splice is made; JSON-encodes as itself (no escapes).
+_HOLE = "replaygate-key-splice-hole-7f3a9c"
+
+
+class KeySplice:
+    """:func:`canonical_key` of many bodies that differ in one field, without building a dict per body.
+
+    The canonical JSON of ``{**canonical_fields, field: value}`` is serialised
+    once with a hole where ``field``'s value goes; each key is then the sha256
+    of the bytes before the hole, ``value`` serialised as :func:`request_key`
+    serialises it (sorted keys, integral floats as ints), and the bytes after.
+    Byte for byte the same JSON, so ``splice.key(v) ==
+    canonical_key(endpoint, upstream_model, {**canonical_fields, field: v}, salt)``.
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        upstream_model: str,
+        canonical_fields: dict[str, Any],
+        field: str,
+        salt: str | None = None,
+    ) -> None:
+        if field in DELIVERY_FIELDS:
+            raise ValueError(f"{field!r} is not part of a key")
+        body = {**canonical_fields, field: _HOLE}
+        canonical: dict[str, Any] = {
+            "v": KEY_SCHEMA,
+            "endpoint": endpoint,
+            "model": upstream_model,
+            "body": body,
+        }
+        if salt:
+            canonical["salt"] = salt
+        whole = orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS)
+        hole = orjson.dumps(_HOLE)
+        if whole.count(hole) != 1:
+            raise ValueError("the splice hole appears in the shared fields")
+        self.prefix, self.suffix = whole.split(hole)
+
+    def key(self, value: Any) -> str:
+        """The cache key of the body whose varying field is ``value``."""
+        if type(value) is float:
+            value = _normalise(value)
+        data = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+        return hashlib.sha256(self.prefix + data + self.suffix).hexdigest()

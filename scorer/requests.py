@@ -25,7 +25,7 @@ import copy
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from cache.keys import canonical_fields, canonical_key, request_key
+from cache.keys import KeySplice, canonical_fields, request_key
 from scorer.tasks import TaskConfig
 from scorer.tokenizer import Tokenizer
 
@@ -84,8 +84,8 @@ class RequestBuilder:
         self.prefix_token = prefix_token  # rolling loglikelihood: what the first token is conditioned on
         self.max_length = int(task.raw["max_length"]) - 1  # lm-eval keeps one token for generation
         self._gen = self._generation_kwargs()
-        # generate_until: (endpoint, shared body fields, their canonical form, truncation), built once
-        self._generate: tuple[str, dict[str, Any], dict[str, Any], int] | None = None
+        # generate_until: (endpoint, shared body fields, the key of the varying field, truncation), built once
+        self._generate: tuple[str, dict[str, Any], KeySplice, int] | None = None
 
     def _request(self, endpoint: str, body: dict[str, Any], ctxlen: int = 0) -> Request:
         return Request(request_key(endpoint, self.settings.upstream_model, body), endpoint, body, ctxlen)
@@ -123,17 +123,15 @@ class RequestBuilder:
         """A ``generate_until`` request for ``context``."""
         if self._generate is None:
             endpoint, fields, truncate_for = self._generate_fields()
-            self._generate = (endpoint, fields, canonical_fields(fields), truncate_for)
-        endpoint, fields, canonical, truncate_for = self._generate
+            varying = "messages" if endpoint == CHAT else "prompt"
+            splice = KeySplice(endpoint, self.settings.upstream_model, canonical_fields(fields), varying)
+            self._generate = (endpoint, fields, splice, truncate_for)
+        endpoint, fields, splice, truncate_for = self._generate
         if endpoint == CHAT:
             messages = [{"role": "user", "content": context}]
-            body = {"messages": messages, **fields}
-            key = canonical_key(CHAT, self.settings.upstream_model, {"messages": messages, **canonical})
-            return Request(key, CHAT, body)
+            return Request(splice.key(messages), CHAT, {"messages": messages, **fields})
         prompt = [self.tokenizer.encode(context)[-(self.max_length - truncate_for) :]]
-        body = {"prompt": prompt, **fields}
-        key = canonical_key(COMPLETIONS, self.settings.upstream_model, {"prompt": prompt, **canonical})
-        return Request(key, COMPLETIONS, body)
+        return Request(splice.key(prompt), COMPLETIONS, {"prompt": prompt, **fields})
 
     def texts(self, ask: Ask) -> list[str]:
         """The texts building ``ask``'s requests tokenizes."""

@@ -9,9 +9,10 @@ which texts a round needs before either is asked.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any, Protocol
 
-from cache.keys import canonical_key, request_key
+from cache.keys import KeySplice, request_key
 
 TOKENIZE = "/tokenize"
 TOKENIZER_INFO = "/tokenizer_info"
@@ -24,8 +25,15 @@ def tokenize_body(text: str) -> dict[str, Any]:
 
 def tokenize_key(upstream_model: str, text: str) -> str:
     """The cache key of tokenizing ``text``."""
+    return _tokenize_splice(upstream_model).key(text)
+
+
+@lru_cache(maxsize=16)
+def _tokenize_splice(upstream_model: str) -> KeySplice:
     # the body has no delivery field and no float: it is its own canonical form
-    return canonical_key(TOKENIZE, upstream_model, tokenize_body(text))
+    shared = tokenize_body("")
+    del shared["prompt"]
+    return KeySplice(TOKENIZE, upstream_model, shared, "prompt")
 
 
 def tokenizer_info_key(upstream_model: str) -> str:

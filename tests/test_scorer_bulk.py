@@ -8,7 +8,7 @@ import orjson
 import pytest
 
 from cache.index import ResponseIndex
-from cache.keys import canonical_fields, canonical_key, request_key
+from cache.keys import KeySplice, canonical_fields, canonical_key, request_key
 from scorer.templates import compile_template, render, simple_template
 from tests.scorer_synthetic import generate_task, write_run
 
@@ -41,6 +41,33 @@ def test_canonical_key_equals_request_key(body: dict[str, object]) -> None:
         "/v1/completions", "up", body
     )
     assert canonical_key("/x", "up", canonical_fields(body), "s") == request_key("/x", "up", body, "s")
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        (
+            {
+                "prompt": [[1, 2]],
+                "model": "m",
+                "max_tokens": 8,
+                "temperature": 0.0,
+                "stop": ["\n"],
+                "seed": 1,
+            },
+            "prompt",
+        ),
+        ({"prompt": 'tëxt "q"\n', "add_special_tokens": False}, "prompt"),
+        ({"messages": [{"role": "user", "content": "hi"}], "stream": True, "top_p": 1.0}, "messages"),
+        ({"a": 1, "zz": 2.0, "b": {"y": 1, "x": [2.0]}}, "zz"),
+        ({"a": 1, "b": {"y": 1, "x": 2}}, "b"),
+    ],
+)
+@pytest.mark.parametrize("salt", [None, "s"])
+def test_a_spliced_key_equals_request_key(body: dict[str, object], field: str, salt: str | None) -> None:
+    shared = canonical_fields({k: v for k, v in body.items() if k != field})
+    splice = KeySplice("/v1/completions", "up", shared, field, salt)
+    assert splice.key(body[field]) == request_key("/v1/completions", "up", body, salt)
 
 
 DOCS = [
