@@ -11,7 +11,9 @@ leaves the run folder as it was.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+import multiprocessing
+import os
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -118,6 +120,101 @@ def train_answers(plans: list[DocPlan], responses: Mapping[str, Any]) -> dict[in
     return answers
 
 
+@dataclass
+class BatchScores:
+    """What scoring one batch of documents gave: rows and metric values, or the keys it lacks."""
+
+    n_samples: int
+    lines: list[bytes]
+    values: dict[tuple[str, str], list[Any]]
+    missing: list[str]
+
+
+class BatchScorer:
+    """Plans and scores batches of a task's evaluated documents; one per task, copied into each worker.
+
+    Each batch is planned once: its prompts are rendered, the texts they
+    tokenize read from the cache in bulk, its requests built and their
+    responses read in bulk, then scored and dropped.
+    """
+
+    def __init__(
+        self,
+        reader: ResponseReader,
+        manifest: Manifest,
+        task: TaskConfig,
+        docs: Documents,
+        prefix: int | None,
+        answers: dict[int, str] | None,
+    ) -> None:
+        self.reader = reader
+        self.manifest = manifest
+        self.task = task
+        self.docs = docs
+        self.answers = answers
+        self.upstream = settings_of(manifest).upstream_model
+        self.table: dict[str, list[int]] = {}
+        self.builder = RequestBuilder(task, settings_of(manifest), TableTokenizer(self.table), prefix)
+
+    def __call__(self, doc_ids: list[int]) -> BatchScores:
+        """Score the documents ``doc_ids``; once one lacks a response, the rest are only checked."""
+        reader, builder, table = self.reader, self.builder, self.table
+        missing: list[str] = []
+        prompts = eval_prompts(self.task, self.docs, self.manifest.seed, self.answers, doc_ids)
+        table.clear()
+        table.update(_tokens(reader, self.upstream, texts_of(prompts, builder), missing))
+        plans = plans_of(
+            [p for p in prompts if all(t in table for a in p.asks for t in builder.texts(a))], builder
+        )
+        keys = [r.key for plan in plans for r in plan.requests]
+        bodies = reader.get_raw_many(keys)
+        responses = {key: orjson.loads(raw) for key, raw in bodies.items()}
+        scorer = TaskScorer(self.task)
+        for plan in plans:
+            gaps = [r.key for r in plan.requests if r.key not in responses]
+            if gaps:
+                missing.extend(gaps)
+            elif not missing:  # once something is missing, nothing is scored: only counted
+                scorer.add(plan, responses)
+        return BatchScores(scorer.n_samples, scorer.lines, scorer.values, missing)
+
+
+# The batch scorer a worker process runs: inherited from the parent by fork, with a reader of its own.
+_WORKER: BatchScorer | None = None
+
+
+def _start_worker(batch_scorer: BatchScorer) -> None:
+    global _WORKER
+    reader = batch_scorer.reader
+    batch_scorer.reader = ResponseReader(reader.cache_dir, reader.run_id)  # never share a SQLite handle
+    _WORKER = batch_scorer
+
+
+def _work(doc_ids: list[int]) -> BatchScores:
+    assert _WORKER is not None
+    return _WORKER(doc_ids)
+
+
+def default_workers() -> int:
+    """Processes `scorer score` spreads a task's batches over: the CPUs this process may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _batch_scores(batch_scorer: BatchScorer, batches: list[list[int]], workers: int) -> Iterator[BatchScores]:
+    """Each batch's scores, in batch order: in this process, or over ``workers`` forked ones."""
+    workers = min(workers, len(batches))
+    if workers <= 1 or "fork" not in multiprocessing.get_all_start_methods():
+        yield from map(batch_scorer, batches)
+        return
+    # fork: workers inherit the task, documents and train answers without pickling them
+    context = multiprocessing.get_context("fork")
+    with context.Pool(workers, _start_worker, (batch_scorer,)) as pool:
+        yield from pool.imap(_work, batches)
+
+
 def score_from_cache(
     reader: ResponseReader,
     manifest: Manifest,
@@ -125,49 +222,39 @@ def score_from_cache(
     docs: Documents,
     bootstrap_iters: int = 1000,
     batch_docs: int = BATCH_DOCS,
+    workers: int | None = None,
 ) -> TaskScores:
     """Rebuild the eval round's requests and score their cached responses, ``batch_docs`` documents at a time.
 
-    Each batch is planned once: its prompts are rendered, the texts they
-    tokenize read from the cache in bulk, its requests built and their
-    responses read in bulk, then scored and dropped, so memory holds one batch
-    of responses, not the round's.
+    Memory holds a few batches of responses, never the round's. Batches are
+    scored by ``workers`` processes (default: one per usable CPU) and
+    gathered in order, so the rows, the values and their standard errors are
+    those of scoring them one by one.
 
     Raises:
         MissingResponses: after every batch, naming every response (or token ids) the cache lacks.
     """
-    settings = settings_of(manifest)
-    upstream = settings.upstream_model
+    upstream = settings_of(manifest).upstream_model
     prefix = None
     if task.output_type == "loglikelihood_rolling":
         prefix = cached_prefix_token(reader, upstream, task.name)
-    table: dict[str, list[int]] = {}
-    builder = RequestBuilder(task, settings, TableTokenizer(table), prefix)
     answers = None
     if task.fewshot_from_model:
+        table: dict[str, list[int]] = {}
+        builder = RequestBuilder(task, settings_of(manifest), TableTokenizer(table), prefix)
         prompts = train_prompts(task, docs)
         table.update(cached_tokens(reader, upstream, task.name, texts_of(prompts, builder)))
         train = plans_of(prompts, builder)
         answers = train_answers(train, cached_responses(reader, train, task.name))
+    batch_scorer = BatchScorer(reader, manifest, task, docs, prefix, answers)
+    doc_ids = sorted(docs.eval)
+    batches = [doc_ids[start : start + batch_docs] for start in range(0, len(doc_ids), batch_docs)]
     missing: list[str] = []
     scorer = TaskScorer(task)
-    doc_ids = sorted(docs.eval)
-    for start in range(0, len(doc_ids), batch_docs):
-        prompts = eval_prompts(task, docs, manifest.seed, answers, doc_ids[start : start + batch_docs])
-        table.clear()
-        table.update(_tokens(reader, upstream, texts_of(prompts, builder), missing))
-        plans = plans_of(
-            [p for p in prompts if all(t in table for a in p.asks for t in builder.texts(a))], builder
-        )
-        keys = [r.key for plan in plans for r in plan.requests]
-        bodies = reader.get_raw_many(keys)
-        responses = {key: orjson.loads(raw) for key, raw in bodies.items()}
-        for plan in plans:
-            gaps = [r.key for r in plan.requests if r.key not in responses]
-            if gaps:
-                missing.extend(gaps)
-            elif not missing:  # once something is missing, nothing is scored: only counted
-                scorer.add(plan, responses)
+    for part in _batch_scores(batch_scorer, batches, default_workers() if workers is None else workers):
+        missing.extend(part.missing)
+        if not missing:
+            scorer.absorb(part.n_samples, part.lines, part.values)
     if missing:
         raise MissingResponses(task.name, list(dict.fromkeys(missing)))
     return scorer.finish(bootstrap_iters)

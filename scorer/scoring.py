@@ -102,6 +102,18 @@ class TaskScorer:
             }
             self.lines.append(orjson.dumps(row, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n")
 
+    @property
+    def values(self) -> dict[tuple[str, str], list[Any]]:
+        """The per-sample values so far, by (metric, filter), in scoring order."""
+        return self._values
+
+    def absorb(self, n_samples: int, lines: list[bytes], values: dict[tuple[str, str], list[Any]]) -> None:
+        """Take over what another scorer of the same task scored (documents after this one's)."""
+        self.n_samples += n_samples
+        self.lines.extend(lines)
+        for key, more in values.items():
+            self._values.setdefault(key, []).extend(more)
+
     def finish(self, bootstrap_iters: int = 1000) -> TaskScores:
         """The aggregated metrics (with standard errors) and the rows."""
         scores = TaskScores(self.task, self.n_samples, lines=self.lines)

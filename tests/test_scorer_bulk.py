@@ -122,3 +122,34 @@ def test_a_rescore_in_small_batches_equals_one_in_a_single_batch(tmp_path: Path)
     assert whole.values == batched.values
     assert whole.values[("exact_match", "num")][0] == pytest.approx(33 / 50)
     assert whole.lines == batched.lines
+
+
+def test_batches_scored_by_worker_processes_give_what_one_process_gives(tmp_path: Path) -> None:
+    from scorer.errors import MissingResponses
+    from scorer.replay import documents_of, score_from_cache
+    from scorer.store import ResponseReader, RunFolder
+
+    docs = [{"q": f"{i} + 1", "a": str(i + 1)} for i in range(60)]
+    write_run(tmp_path, "r", generate_task(), docs, lambda i, d: f" {d['a'] if i % 3 else 'x'}")
+    folder = RunFolder(tmp_path, "r")
+    manifest = folder.read_manifest()
+    task = generate_task()
+    reader = ResponseReader(tmp_path, "r")
+    try:
+        one = score_from_cache(
+            reader, manifest, task, documents_of(folder, manifest, task), batch_docs=7, workers=1
+        )
+        two = score_from_cache(
+            reader, manifest, task, documents_of(folder, manifest, task), batch_docs=7, workers=2
+        )
+        # a document the cache has no answer for: the same error from the workers, naming it
+        extra = documents_of(folder, manifest, task)
+        extra.eval[60] = {"q": "unseen", "a": "0"}
+        with pytest.raises(MissingResponses) as serial:
+            score_from_cache(reader, manifest, task, extra, batch_docs=7, workers=1)
+        with pytest.raises(MissingResponses) as parallel:
+            score_from_cache(reader, manifest, task, extra, batch_docs=7, workers=2)
+    finally:
+        reader.close()
+    assert one.values == two.values and one.lines == two.lines and one.n_samples == two.n_samples == 60
+    assert str(serial.value) == str(parallel.value)
