@@ -10,10 +10,12 @@ leaves the run folder as it was.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import multiprocessing
 import os
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -179,6 +181,23 @@ class BatchScorer:
         return BatchScores(scorer.n_samples, scorer.lines, scorer.values, missing)
 
 
+@contextmanager
+def no_cycle_collection() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector for the duration (reference counting still frees).
+
+    Scoring allocates millions of short-lived, acyclic containers; each few
+    hundred of them trigger a collection, and the oldest generation's
+    re-traverse every document of the round: ~15% of `scorer score`'s CPU.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 # The batch scorer a worker process runs: inherited from the parent by fork, with a reader of its own.
 _WORKER: BatchScorer | None = None
 
@@ -304,9 +323,10 @@ def score_run(
     reader = ResponseReader(cache_dir, run_id)
     try:
         scores: list[TaskScores] = []
-        for task in tasks:
-            docs = documents_of(folder, manifest, task)
-            scores.append(score_from_cache(reader, manifest, task, docs, bootstrap_iters))
+        with no_cycle_collection():  # forked workers inherit the pause
+            for task in tasks:
+                docs = documents_of(folder, manifest, task)
+                scores.append(score_from_cache(reader, manifest, task, docs, bootstrap_iters))
     finally:
         reader.close()
     document = results_document(scores, manifest, {t: e.n_eval_total for t, e in manifest.tasks.items()})
