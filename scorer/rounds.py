@@ -93,13 +93,17 @@ def eval_prompts(
     """The evaluated documents (all, or ``doc_ids``) as prompts; ``train_answers`` supply few-shot targets."""
     prompts = []
     output_type = task.output_type
+    examples: dict[int, tuple[str, str]] = {}  # each train document is rendered once, however often shown
     for doc_id in sorted(docs.eval) if doc_ids is None else doc_ids:
         doc = docs.eval[doc_id]
         shots = []
         for i in shots_for(task, docs, doc_id, seed):
-            example = docs.train[i]
-            answer = train_answers[i] if train_answers is not None else target_text(task, example)
-            shots.append((doc_to_text(task, example), answer))
+            shot = examples.get(i)
+            if shot is None:
+                example = docs.train[i]
+                answer = train_answers[i] if train_answers is not None else target_text(task, example)
+                shot = examples[i] = (doc_to_text(task, example), answer)
+            shots.append(shot)
         prompt = context(task, doc, shots)
         target = doc_to_target(task, doc)
         choices = None

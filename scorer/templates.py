@@ -92,7 +92,8 @@ def check_template(source: str, where: str) -> None:
         raise BadInput(f"{where}: broken Jinja template (line {exc.lineno}): {exc.message}") from exc
 
 
-def _missing(name: str, where: str) -> BadInput:
+def missing_field(name: str, where: str) -> BadInput:
+    """The error for a template field ``name`` the document lacks."""
     return BadInput(f"{where}: template uses a field the document lacks: '{name}' is undefined")
 
 
@@ -108,7 +109,7 @@ def render(source: str, doc: dict[str, Any], where: str) -> str:
             try:
                 value = doc[name]
             except KeyError:
-                raise _missing(name, where) from None
+                raise missing_field(name, where) from None
             out.append(value if type(value) is str else str(value))
             out.append(literal)
         return "".join(out)
