@@ -15,12 +15,15 @@ import orjson
 from scorer.errors import MissingResponses
 from scorer.filters import FilterChain
 from scorer.metrics import Sample
+from scorer.metrics.base import PerSample
 from scorer.responses import generations, loglikelihood
 from scorer.rounds import DocPlan
 from scorer.stderr import bootstrap_stderr, mean_stderr
 from scorer.tasks import TaskConfig
 
 NO_FILTER = "none"
+# one JSON line per row: orjson appends the newline itself, no copy to add it
+_ROW_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE
 
 
 @dataclass
@@ -75,19 +78,18 @@ class TaskScorer:
         self.n_samples = 0
         self.lines: list[bytes] = []
         self._values: dict[tuple[str, str], list[Any]] = {}
+        self._by_filter: dict[str, list[tuple[str, PerSample, Mapping[str, Any], list[Any]]]] = {}
 
     def add(self, plan: DocPlan, responses: Mapping[str, Any]) -> None:
         """Score one document; ``responses`` must hold every request of ``plan``."""
-        task = self.task
         self.n_samples += 1
-        generated = task.output_type == "generate_until"
+        generated = self.task.output_type == "generate_until"
         keys = [r.key for r in plan.requests]
-        for filter_name, sample, raw in _samples(task, plan, responses):
+        for filter_name, sample, raw in _samples(self.task, plan, responses):
             row_values: dict[str, Any] = {}
-            for spec in task.metrics:
-                value = spec.metric.per_sample(sample, spec.options)
-                row_values[spec.name] = value
-                self._values.setdefault((spec.name, filter_name), []).append(value)
+            for name, per_sample, options, values in self._slots(filter_name):
+                value = row_values[name] = per_sample(sample, options)
+                values.append(value)
             row = {
                 "doc_id": plan.doc_id,
                 "filter": filter_name,
@@ -100,7 +102,22 @@ class TaskScorer:
                 "metrics": row_values,
                 "keys": keys,
             }
-            self.lines.append(orjson.dumps(row, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n")
+            self.lines.append(orjson.dumps(row, option=_ROW_OPTIONS))
+
+    def _slots(self, filter_name: str) -> list[tuple[str, PerSample, Mapping[str, Any], list[Any]]]:
+        """Each metric's name, function, options and value list under ``filter_name``, looked up once."""
+        slots = self._by_filter.get(filter_name)
+        if slots is None:
+            slots = self._by_filter[filter_name] = [
+                (
+                    spec.name,
+                    spec.metric.per_sample,
+                    spec.options,
+                    self._values.setdefault((spec.name, filter_name), []),
+                )
+                for spec in self.task.metrics
+            ]
+        return slots
 
     @property
     def values(self) -> dict[tuple[str, str], list[Any]]:
