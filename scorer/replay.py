@@ -165,9 +165,9 @@ class BatchScorer:
         prompts = eval_prompts(self.task, self.docs, self.manifest.seed, self.answers, doc_ids)
         table.clear()
         table.update(_tokens(reader, self.upstream, texts_of(prompts, builder), missing))
-        plans = plans_of(
-            [p for p in prompts if all(t in table for a in p.asks for t in builder.texts(a))], builder
-        )
+        if missing:  # only prompts whose every text has token ids can be built
+            prompts = [p for p in prompts if all(t in table for a in p.asks for t in builder.texts(a))]
+        plans = plans_of(prompts, builder)
         keys = [r.key for plan in plans for r in plan.requests]
         bodies = reader.get_raw_many(keys)
         responses = {key: orjson.loads(raw) for key, raw in bodies.items()}

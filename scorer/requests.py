@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from cache.keys import KeySplice, canonical_fields, request_key
 from scorer.tasks import TaskConfig
@@ -34,8 +34,7 @@ CHAT = "/v1/chat/completions"
 DEFAULT_MAX_GEN_TOKS = 256
 
 
-@dataclass(frozen=True)
-class Ask:
+class Ask(NamedTuple):
     """What a document asks of the model, as text, before anything is tokenized.
 
     ``generate``: a continuation of ``context``; ``loglikelihood``: the logprob
@@ -48,8 +47,7 @@ class Ask:
     continuation: str = ""
 
 
-@dataclass(frozen=True)
-class Request:
+class Request(NamedTuple):
     """One HTTP request to the gateway, and its cache key."""
 
     key: str

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from scorer.prompts import context, doc_to_choice, doc_to_target, doc_to_text, fewshot_indices, target_text
 from scorer.requests import Ask, Request, RequestBuilder
@@ -25,8 +25,7 @@ from scorer.tokenizer import RecordingTokenizer, TableTokenizer, Tokenizer
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class DocPlan:
+class DocPlan(NamedTuple):
     """One document of a round: what is asked, what is expected, which requests answer it."""
 
     doc_id: int
@@ -59,8 +58,7 @@ def needed_train(
     return {i for d in eval_ids for i in fewshot_indices(task, d, pool_size, seed, same_split)}
 
 
-@dataclass(frozen=True)
-class DocPrompt:
+class DocPrompt(NamedTuple):
     """One document of a round before tokenization: its prompt, and what it asks of the model."""
 
     doc_id: int
@@ -93,11 +91,12 @@ def eval_prompts(
     """The evaluated documents (all, or ``doc_ids``) as prompts; ``train_answers`` supply few-shot targets."""
     prompts = []
     output_type = task.output_type
+    fewshot = task.num_fewshot > 0
     examples: dict[int, tuple[str, str]] = {}  # each train document is rendered once, however often shown
     for doc_id in sorted(docs.eval) if doc_ids is None else doc_ids:
         doc = docs.eval[doc_id]
         shots = []
-        for i in shots_for(task, docs, doc_id, seed):
+        for i in shots_for(task, docs, doc_id, seed) if fewshot else ():
             shot = examples.get(i)
             if shot is None:
                 example = docs.train[i]
@@ -128,7 +127,8 @@ def texts_of(prompts: Iterable[DocPrompt], builder: RequestBuilder) -> list[str]
     texts: dict[str, None] = {}
     for prompt in prompts:
         for ask in prompt.asks:
-            texts.update(dict.fromkeys(builder.texts(ask)))
+            for text in builder.texts(ask):
+                texts[text] = None
     return list(texts)
 
 
