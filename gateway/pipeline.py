@@ -1,11 +1,13 @@
 """The request pipeline behind every model endpoint: cache lookup → single-flight → provider → record.
 
 Order of guarantees for every answered request: its record is written (as
-durable as the fsync policy says) and, for a fresh success, its index entry is
-stored, before the client sees a byte of it. Failures are recorded and never
-cached. Upstream work runs detached from the client that started it, so a
-client that hangs up never costs the others sharing that call their answer,
-nor the run its record.
+durable as the fsync policy says) and then, for a fresh success, its index
+entry is stored, before the client sees a byte of it. (Should the index write
+fail, say on a full disk, the failure is logged and the answer stands: the
+record is the source of truth and ``gateway cache rebuild`` restores the entry.)
+Failures are recorded and never cached. Upstream work runs detached from the
+client that started it, so a client that hangs up never costs the others
+sharing that call their answer, nor the run its record.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import orjson
 from cache.index import ResponseIndex
 from cache.records import RECORD_SCHEMA, RecordWriteError, RecordWriter
 from gateway.config import ModelConfig
-from gateway.errors import GatewayError, UpstreamError
+from gateway.errors import GatewayError
 from gateway.metrics import Metrics
 from gateway.pricing import Costs
 from gateway.singleflight import SingleFlight
@@ -196,8 +198,8 @@ class Pipeline:
                 assembler.add(chunk)
                 if chunk.get("choices") or include_usage:
                     queue.put_nowait(sse_event(payload))
-        except (UpstreamError, orjson.JSONDecodeError) as exc:
-            error = exc if isinstance(exc, UpstreamError) else torn_body(exc)
+        except Exception as exc:  # whatever it is, the waiting client must hear of it
+            error = _as_gateway_error(exc)
             try:
                 await self._record(call, "miss", started, error=error, request=request, attempts=attempts)
             finally:  # only now: a client told of the failure may ask again at once
@@ -266,6 +268,15 @@ class Pipeline:
                 "record_write_failed",
             ) from exc
         self.metrics.observe(record)
+
+
+def _as_gateway_error(exc: Exception) -> GatewayError:
+    if isinstance(exc, GatewayError):  # upstream failures, refusals (a full queue)
+        return exc
+    if isinstance(exc, orjson.JSONDecodeError):
+        return torn_body(exc)
+    log.exception("unexpected error while streaming", exc_info=exc)
+    return GatewayError(500, "internal gateway error", "server_error", "internal")
 
 
 async def _aiter(events: list[bytes]) -> AsyncIterator[bytes]:

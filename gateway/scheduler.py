@@ -105,7 +105,10 @@ class Scheduler:
         return self.waiting
 
     async def acquire(self, input_tokens: float, output_tokens: float) -> Ticket:
-        """Wait for capacity (FIFO) or raise 429 when the queue is full."""
+        """Go now if there is capacity and nobody ahead; else queue (FIFO), or 429 when the queue is full."""
+        if not self.waiting and self._delay(input_tokens, output_tokens) == 0.0:
+            self._take(input_tokens, output_tokens)  # the fast path: no queue, no lock
+            return Ticket(input_tokens, output_tokens)
         if self.waiting >= self.limits.max_queue:
             retry = max(1, round(self._pause_left() or 1))
             raise GatewayError(

@@ -143,6 +143,21 @@ async def test_a_full_queue_answers_429_with_retry_after(
     assert [r.status for r in await asyncio.gather(first, *queued)] == [200, 200, 200]
 
 
+async def test_a_stream_refused_by_a_full_queue_gets_a_plain_429(
+    make_gateway: GatewayFactory, standin: StandIn
+) -> None:
+    gateway = await gateway_for(make_gateway, standin, max_concurrency=1, max_queue=0, timeout_s=30)
+    standin.script = [Fault("hang")]
+    first = asyncio.ensure_future(gateway.post("/v1/completions", {**BODY, "prompt": "a"}))
+    await standin.arrived.wait()
+    refused = await gateway.post("/v1/completions", {**BODY, "prompt": "b", "stream": True})
+    assert refused.status == 429 and refused.headers["Content-Type"].startswith("application/json")
+    assert orjson.loads(await refused.read())["error"]["code"] == "queue_full"
+    standin.released.set()
+    assert (await first).status == 200
+    assert [r["status"] for r in gateway.records()] == [429, 200]
+
+
 async def test_429s_shrink_only_that_upstreams_concurrency_and_successes_grow_it_back(
     make_gateway: GatewayFactory, standin: StandIn, other_standin: StandIn
 ) -> None:
