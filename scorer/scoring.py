@@ -22,8 +22,7 @@ from scorer.stderr import bootstrap_stderr, mean_stderr
 from scorer.tasks import TaskConfig
 
 NO_FILTER = "none"
-# one JSON line per row: orjson appends the newline itself, no copy to add it
-_ROW_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE
+_ROW_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 
 
 @dataclass
@@ -102,7 +101,10 @@ class TaskScorer:
                 "metrics": row_values,
                 "keys": keys,
             }
-            self.lines.append(orjson.dumps(row, option=_ROW_OPTIONS))
+            # `+ b"\n"` (not OPT_APPEND_NEWLINE) on purpose: the concatenation copies the row into a
+            # small object, so orjson's large output buffer is freed and reused; keeping orjson's own
+            # bytes costs a fresh page (a page fault, ~3 us) per row kept.
+            self.lines.append(orjson.dumps(row, option=_ROW_OPTIONS) + b"\n")
 
     def _slots(self, filter_name: str) -> list[tuple[str, PerSample, Mapping[str, Any], list[Any]]]:
         """Each metric's name, function, options and value list under ``filter_name``, looked up once."""
