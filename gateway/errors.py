@@ -100,6 +100,11 @@ def upstream_status(status: int, body: bytes, headers: Mapping[str, str] | None 
             message = detail
     except orjson.JSONDecodeError:
         pass
+    return upstream_failure(status, message, headers)
+
+
+def upstream_failure(status: int, message: str, headers: Mapping[str, str] | None = None) -> UpstreamError:
+    """An upstream's error status as the client sees it: retryable when it may pass (408, 429, 5xx)."""
     retryable = status in (408, 429) or status >= 500
     return UpstreamError(
         status,

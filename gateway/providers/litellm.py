@@ -21,7 +21,7 @@ from gateway.config import ModelConfig
 from gateway.errors import (
     GatewayError,
     UpstreamError,
-    retry_after_of,
+    upstream_failure,
     upstream_timeout,
     upstream_unreachable,
 )
@@ -123,14 +123,7 @@ class LiteLLMProvider:
         if not isinstance(status, int):
             # Not an upstream answer at all (a bug, a bad argument litellm refused early).
             return UpstreamError(500, f"litellm failed: {_message(exc)}", "upstream_error", False)
-        retryable = status in (408, 429) or status >= 500
-        return UpstreamError(
-            status,
-            f"upstream returned {status}: {_message(exc)}",
-            "upstream_error",
-            retryable,
-            retry_after_of(_error_headers(exc)),
-        )
+        return upstream_failure(status, _message(exc), _error_headers(exc))
 
 
 def _transport_failure(exc: BaseException) -> str | None:
