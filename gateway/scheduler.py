@@ -11,6 +11,7 @@ own ``x-ratelimit-remaining-*`` headers correct the buckets whenever it sends th
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -199,13 +200,38 @@ class Scheduler:
             self._paused_until = max(self._paused_until, now + min(retry_after, MAX_PAUSE_S))
 
     def _believe(self, headers: Mapping[str, str]) -> None:
-        for header, bucket in (
-            ("x-ratelimit-remaining-requests", self.requests),
-            ("x-ratelimit-remaining-tokens", self.tokens or self.input_tokens),
-        ):
-            value = headers.get(header)
-            if bucket is not None and value is not None:
-                try:
-                    bucket.cap(float(value))
-                except ValueError:
-                    pass
+        """Believe the upstream: remaining budgets cap our buckets; an exhausted one pauses until reset."""
+        for kind, bucket in (("requests", self.requests), ("tokens", self.tokens or self.input_tokens)):
+            remaining = _number(headers.get(f"x-ratelimit-remaining-{kind}"))
+            if remaining is None:
+                continue
+            if bucket is not None:
+                bucket.cap(remaining)
+            reset = parse_duration(headers.get(f"x-ratelimit-reset-{kind}"))
+            if remaining <= 0 and reset:  # even with no limit configured, the upstream knows best
+                pause_until = time.monotonic() + min(reset, MAX_PAUSE_S)
+                self._paused_until = max(self._paused_until, pause_until)
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(value: str | None) -> float | None:
+    """Seconds in an ``x-ratelimit-reset-*`` value: ``"20ms"``, ``"1s"``, ``"6m0s"`` or a bare number."""
+    if not value:
+        return None
+    bare = _number(value)
+    if bare is not None:
+        return bare
+    parts = _DURATION_PART.findall(value.strip())
+    if not parts or "".join(n + u for n, u in parts) != value.strip():
+        return None
+    return sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
+
+
+def _number(value: str | None) -> float | None:
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None

@@ -7,7 +7,7 @@ import asyncio
 import orjson
 import pytest
 
-from gateway.scheduler import Limits, Scheduler, TokenBucket
+from gateway.scheduler import Limits, Scheduler, TokenBucket, parse_duration
 from tests.conftest import GatewayFactory, RunningGateway, model_yaml
 from tests.standin import Fault, StandIn
 from tests.upstreams import CountingRelay
@@ -177,6 +177,32 @@ async def test_429s_shrink_only_that_upstreams_concurrency_and_successes_grow_it
     for i in range(40):
         await gateway.post("/v1/completions", {**BODY, "prompt": f"grow {i}"})
     assert throttled.concurrency_limit > shrunk + 1
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        ("20ms", 0.02),
+        ("1s", 1.0),
+        ("6m0s", 360.0),
+        ("1h2m3.5s", 3723.5),
+        ("2.5", 2.5),
+        ("soon", None),
+        ("", None),
+    ],
+)
+def test_rate_limit_reset_durations_parse_as_openai_writes_them(value: str, seconds: float | None) -> None:
+    assert parse_duration(value) == (pytest.approx(seconds) if seconds is not None else None)
+
+
+async def test_an_exhausted_budget_pauses_the_upstream_until_its_reset() -> None:
+    scheduler = Scheduler("s", Limits(rpm=100))
+    ticket = await scheduler.acquire(1, 1)
+    scheduler.release(
+        ticket, headers={"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "30s"}
+    )
+    assert scheduler.requests is not None and scheduler.requests.level == 0
+    assert scheduler._delay(1, 1) == pytest.approx(30, abs=1)  # paused: nothing leaves before the reset
 
 
 def test_token_bucket_starts_full_refills_continuously_and_refunds() -> None:
