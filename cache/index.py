@@ -119,6 +119,10 @@ class ResponseIndex:
                 self._cache.set(key, body)
         return [None] * len(items)
 
+    def recent(self, key: str) -> bytes | None:
+        """The body from the memory tier only: never touches disk, never waits."""
+        return self._recent.get(key)
+
     def _remember(self, key: str, body: bytes) -> None:
         if len(body) > self._memory_bytes // 8:
             return  # one huge body must not flush the tier

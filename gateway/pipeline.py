@@ -98,7 +98,8 @@ class Pipeline:
         """The whole response for a non-streaming call."""
         started = time.time()
         if call.cache_mode == "use":
-            cached = await self.index.aget(call.key)
+            # The second look: an identical call may have finished while we read the disk.
+            cached = await self.index.aget(call.key) or self.index.recent(call.key)
             if cached is not None:
                 await self._record(call, "hit", started, body=cached)
                 return Answer(cached, "hit")
@@ -164,7 +165,11 @@ class Pipeline:
         chat = call.endpoint.endswith("/chat/completions")
         if call.cache_mode == "use" or self.flights.join(call.key) is not None:
             started = time.time()
-            cached = await self.index.aget(call.key) if call.cache_mode == "use" else None
+            cached = (
+                (await self.index.aget(call.key) or self.index.recent(call.key))
+                if call.cache_mode == "use"
+                else None
+            )
             if cached is not None:
                 await self._record(call, "hit", started, body=cached)
                 return "hit", _aiter(replay_events(orjson.loads(cached), chat, include_usage))

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import orjson
 import pytest
 
 from cache.index import ResponseIndex
 from cache.records import shard_paths
 from cache.runs import run_dir
+from gateway.app import PIPELINE
 from tests.conftest import GatewayFactory, RunningGateway, model_yaml
 from tests.standin import Fault, StandIn
 from tests.upstreams import free_port
@@ -168,3 +171,34 @@ async def test_errors_leave_earlier_records_untouched(faulty: RunningGateway, st
     await faulty.post("/v1/completions", b"{broken")
     after = shard.read_bytes()
     assert after.startswith(before) and len(after) > len(before)
+
+
+async def test_a_call_that_finishes_while_another_reads_the_disk_is_not_paid_twice(
+    make_gateway: GatewayFactory, standin: StandIn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gateway = await make_gateway(model_yaml(standin.api_base, name="standin", retries="{attempts: 1}"))
+    index = gateway.app[PIPELINE].index
+    a_done = asyncio.Event()
+    b_reading = asyncio.Event()
+    real_aget = index.aget
+
+    async def slow_aget(key: str) -> bytes | None:
+        body = await real_aget(key)
+        if body is None and standin.calls["/v1/completions"]:  # B, while A is upstream: nothing yet...
+            b_reading.set()
+            await a_done.wait()  # ...and B's disk read returns only after A has been answered
+        return body
+
+    monkeypatch.setattr(index, "aget", slow_aget)
+    standin.script = [Fault("hang")]
+    first = asyncio.ensure_future(gateway.post("/v1/completions", BODY))
+    await standin.arrived.wait()
+    second = asyncio.ensure_future(gateway.post("/v1/completions", BODY))
+    await b_reading.wait()
+    standin.released.set()
+    a = await first
+    a_done.set()
+    b = await second
+    assert standin.calls["/v1/completions"] == 1
+    assert (a.headers["X-Cache"], b.headers["X-Cache"]) == ("miss", "hit")
+    assert await a.read() == await b.read()
