@@ -54,15 +54,22 @@ def request_key(endpoint: str, upstream_model: str, body: dict[str, Any], salt: 
         body: the request body as the client sent it.
         salt: an ``X-Cache-Salt`` value; a different salt is a different key.
     """
+    return canonical_key(endpoint, upstream_model, canonical_fields(body), salt)
+
+
+def _canonical_json(
+    endpoint: str, upstream_model: str, canonical_body: dict[str, Any], salt: str | None
+) -> bytes:
+    """The bytes a key hashes: the schema version, endpoint, model, body and salt, keys sorted."""
     canonical: dict[str, Any] = {
         "v": KEY_SCHEMA,
         "endpoint": endpoint,
         "model": upstream_model,
-        "body": canonical_fields(body),
+        "body": canonical_body,
     }
     if salt:
         canonical["salt"] = salt
-    return hashlib.sha256(orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    return orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS)
 
 
 def canonical_key(
@@ -75,15 +82,7 @@ def canonical_key(
     ``request_key(endpoint, upstream_model, body, salt)`` whenever
     ``canonical_body == canonical_fields(body)``.
     """
-    canonical: dict[str, Any] = {
-        "v": KEY_SCHEMA,
-        "endpoint": endpoint,
-        "model": upstream_model,
-        "body": canonical_body,
-    }
-    if salt:
-        canonical["salt"] = salt
-    return hashlib.sha256(orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    return hashlib.sha256(_canonical_json(endpoint, upstream_model, canonical_body, salt)).hexdigest()
 
 
 # Stands in for the varying field while a splice is made; JSON-encodes as itself (no escapes).
@@ -111,16 +110,7 @@ class KeySplice:
     ) -> None:
         if field in DELIVERY_FIELDS:
             raise ValueError(f"{field!r} is not part of a key")
-        body = {**canonical_fields, field: _HOLE}
-        canonical: dict[str, Any] = {
-            "v": KEY_SCHEMA,
-            "endpoint": endpoint,
-            "model": upstream_model,
-            "body": body,
-        }
-        if salt:
-            canonical["salt"] = salt
-        whole = orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS)
+        whole = _canonical_json(endpoint, upstream_model, {**canonical_fields, field: _HOLE}, salt)
         hole = orjson.dumps(_HOLE)
         if whole.count(hole) != 1:
             raise ValueError("the splice hole appears in the shared fields")
