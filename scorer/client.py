@@ -66,17 +66,29 @@ class GatewayClient:
         return str(models[model].get("upstream_model") or model)
 
     async def _post(self, path: str, body: dict[str, Any], key: str) -> dict[str, Any]:
-        payload = orjson.dumps(body)
+        answer = await self._call("POST", path, key, data=orjson.dumps(body))
+        self.sent += 1
+        return answer
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        key: str,
+        data: bytes | None = None,
+        params: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """One request, retried on 502/503/504 and dropped connections; its key checked."""
+        headers = {"Content-Type": "application/json"} if data is not None else None
         last = ""
         for attempt in range(self.attempts):
             try:
-                async with self.session.post(
-                    self.root + path, data=payload, headers={"Content-Type": "application/json"}
+                async with self.session.request(
+                    method, self.root + path, data=data, params=params, headers=headers
                 ) as response:
                     raw = await response.read()
                     if response.status == 200:
                         self._check_key(path, response.headers.get("X-Record-Key"), key)
-                        self.sent += 1
                         return dict(orjson.loads(raw))
                     last = f"HTTP {response.status}: {raw[:300].decode(errors='replace')}"
                     if response.status not in RETRY_STATUSES:
@@ -111,22 +123,9 @@ class GatewayClient:
 
     async def tokenizer_info(self, model: str, upstream_model: str) -> dict[str, Any]:
         """The model's ``GET /tokenizer_info`` answer (cached by the gateway like any request)."""
-        key = tokenizer_info_key(upstream_model)
-        last = ""
-        for attempt in range(self.attempts):
-            try:
-                async with self.session.get(self.root + TOKENIZER_INFO, params={"model": model}) as response:
-                    raw = await response.read()
-                    if response.status == 200:
-                        self._check_key(TOKENIZER_INFO, response.headers.get("X-Record-Key"), key)
-                        return dict(orjson.loads(raw))
-                    last = f"HTTP {response.status}: {raw[:300].decode(errors='replace')}"
-                    if response.status not in RETRY_STATUSES:
-                        break
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-                last = f"{type(exc).__name__}: {exc}"
-            await asyncio.sleep(min(8.0, 0.5 * 2**attempt))
-        raise GatewayFailure(f"gateway {self.root}{TOKENIZER_INFO} failed: {last}")
+        return await self._call(
+            "GET", TOKENIZER_INFO, tokenizer_info_key(upstream_model), params={"model": model}
+        )
 
     async def tokenize(self, model: str, upstream_model: str, texts: Iterable[str]) -> dict[str, list[int]]:
         """Token ids of each distinct text, from the gateway's ``/tokenize`` (cached there)."""
