@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import sys
 from pathlib import Path
 
 import aiohttp
@@ -14,8 +12,8 @@ import pytest
 
 from gateway.auth import digest
 from tests.conftest import GatewayFactory, model_yaml
+from tests.processes import GatewayProcess, until
 from tests.standin import Fault, StandIn
-from tests.upstreams import free_port
 
 CLIENT_KEY = "rg-client-key-0123456789abcdef"
 PROVIDER_SECRET = "sk-planted-SECRET-4c1d7e0b9a"
@@ -85,60 +83,37 @@ async def test_planted_secrets_appear_in_no_byte_the_gateway_wrote(
 async def test_sigterm_stops_accepting_lets_in_flight_requests_finish_and_exits_0(
     standin: StandIn, tmp_path: Path
 ) -> None:
-    port = free_port()
     config = tmp_path / "gateway.yaml"
     config.write_text(model_yaml(standin.api_base, name="standin"))
-    gateway = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "gateway.cli",
-        "serve",
-        "--config",
-        str(config),
-        "--port",
-        str(port),
-        "--cache-dir",
-        str(tmp_path / "store"),
-        cwd=os.getcwd(),
-    )
-    url = f"http://127.0.0.1:{port}"
+    gateway = GatewayProcess(config, tmp_path / "store", tmp_path / "gateway.log")
+    gateway.start()
     try:
         async with aiohttp.ClientSession() as session:
-            await _until(lambda: _answers(session, url + "/healthz"))
+            await gateway.wait_healthy(session)
             standin.script = [Fault("hang")]
-            in_flight = asyncio.ensure_future(session.post(url + "/v1/completions", json=BODY))
+            in_flight = asyncio.ensure_future(session.post(gateway.url + "/v1/completions", json=BODY))
             await standin.arrived.wait()
-            gateway.send_signal(signal.SIGTERM)
-            await _until(lambda: _refused(url + "/healthz"))  # no longer accepting
+            assert gateway.process is not None
+            gateway.process.send_signal(signal.SIGTERM)
+            await until(lambda: _refused(gateway.url + "/healthz"), 30, "the gateway to stop accepting")
             assert not in_flight.done()
             standin.released.set()
             response = await in_flight
             assert response.status == 200 and (await response.json())["choices"]
-        assert await asyncio.wait_for(gateway.wait(), 30) == 0
+        assert gateway.stop() == 0
         (shard,) = (tmp_path / "store" / "runs" / "default").glob("*.jsonl")
         (line,) = shard.read_bytes().splitlines()
         assert orjson.loads(line)["status"] == 200
     finally:
-        if gateway.returncode is None:
-            gateway.kill()
-
-
-async def _answers(session: aiohttp.ClientSession, url: str) -> bool:
-    try:
-        async with session.get(url) as response:
-            return response.status == 200
-    except aiohttp.ClientConnectionError:
-        return False
+        if gateway.process is not None and gateway.process.poll() is None:
+            gateway.process.kill()
 
 
 async def _refused(url: str) -> bool:
-    async with aiohttp.ClientSession() as fresh:  # a new connection, not a pooled one
-        return not await _answers(fresh, url)
-
-
-async def _until(condition, timeout_s: float = 30.0) -> None:  # type: ignore[no-untyped-def]
-    """Poll ``condition`` (an async predicate about another process) until it holds."""
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not await condition():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.05)  # another process: polling is the only way to observe it
+    """Whether a new connection (not a pooled one) to ``url`` is turned away."""
+    async with aiohttp.ClientSession() as fresh:
+        try:
+            async with fresh.get(url) as response:
+                return response.status != 200
+        except aiohttp.ClientConnectionError:
+            return True
