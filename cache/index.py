@@ -26,6 +26,7 @@ import orjson
 
 from cache.records import ReadReport, read_records, shard_paths
 from cache.runs import list_runs, run_dir
+from cache.validity import invalid_reason
 
 # Keys per SQL query in :meth:`ResponseIndex.get_many` (SQLite's default limit on parameters is 999+).
 MANY_BATCH = 500
@@ -187,12 +188,16 @@ def _deliver(batch: list[tuple[Any, asyncio.Future[Any]]], finished: asyncio.Fut
 
 
 def indexable(record: dict[str, Any]) -> bool:
-    """Whether a record carries a fresh, successful, cacheable response."""
+    """Whether a record carries a fresh, successful, cacheable response: a valid answer of its endpoint.
+
+    The same check the gateway makes before storing an answer, so a rebuild
+    drops whatever an older gateway cached that was not an answer.
+    """
     return (
         record.get("served") in INDEXED_SERVED
         and record.get("status") == 200
         and record.get("cacheable", True)
-        and isinstance(record.get("response"), dict)
+        and invalid_reason(str(record.get("endpoint")), record.get("response")) is None
     )
 
 

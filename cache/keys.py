@@ -1,19 +1,27 @@
 """Canonical request keys: one sha256 per request that would make the model say the same thing.
 
-The key covers the endpoint, the resolved upstream model and every body field
+The key covers the endpoint, the model's cache namespace and every body field
 that can change the output. Fields that cannot (streaming, client metadata,
 timeouts) are left out, so a streamed and a plain request share one entry.
+
+The namespace names the deployment that answers (:func:`deployment_namespace`:
+provider, normalised ``api_base``, upstream model, checkpoint), so two
+deployments that happen to share a model name never share answers; a model's
+``cache_namespace`` overrides it when several deployments really serve the
+same weights (replicas, a server that moved port).
 """
 
 from __future__ import annotations
 
 import hashlib
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 
 # Bump when the canonical form changes: old keys then simply miss.
-KEY_SCHEMA = 1
+# 2: the model is named by its deployment namespace, not its upstream name alone.
+KEY_SCHEMA = 2
 
 # Body fields that change how a response is delivered or labelled, never what it says.
 DELIVERY_FIELDS = frozenset(
@@ -45,26 +53,49 @@ def canonical_fields(body: dict[str, Any]) -> dict[str, Any]:
     return {k: _normalise(v) for k, v in body.items() if k not in DELIVERY_FIELDS}
 
 
-def request_key(endpoint: str, upstream_model: str, body: dict[str, Any], salt: str | None = None) -> str:
+def deployment_namespace(
+    provider: str, api_base: str | None, upstream_model: str, checkpoint: Any = None
+) -> str:
+    """The namespace of one deployment: ``upstream_model@`` and a digest of where it is served.
+
+    ``api_base`` is normalised (scheme and host lower-cased, default port and
+    trailing ``/`` dropped) so spelling a URL differently is not another
+    deployment; ``checkpoint`` is what an in-process engine loads. The digest
+    keeps URLs out of ``/v1/models``, where clients read the namespace.
+    """
+    identity = [provider, _normalise_base(api_base), upstream_model, checkpoint]
+    digest = hashlib.sha256(orjson.dumps(identity, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
+    return f"{upstream_model}@{digest}"
+
+
+def _normalise_base(api_base: str | None) -> str:
+    if not api_base:
+        return ""
+    parts = urlsplit(api_base.strip())
+    host = (parts.hostname or "").lower()
+    default = {"http": 80, "https": 443}.get(parts.scheme.lower())
+    port = f":{parts.port}" if parts.port and parts.port != default else ""
+    return f"{parts.scheme.lower()}://{host}{port}{parts.path.rstrip('/')}"
+
+
+def request_key(endpoint: str, namespace: str, body: dict[str, Any], salt: str | None = None) -> str:
     """The cache key of a request: sha256 hex of its canonical JSON.
 
     Args:
         endpoint: the API path without run prefix, e.g. ``/v1/completions``.
-        upstream_model: the model name the upstream is asked for.
+        namespace: the model's cache namespace (``ModelConfig.key_namespace``).
         body: the request body as the client sent it.
         salt: an ``X-Cache-Salt`` value; a different salt is a different key.
     """
-    return canonical_key(endpoint, upstream_model, canonical_fields(body), salt)
+    return canonical_key(endpoint, namespace, canonical_fields(body), salt)
 
 
-def _canonical_json(
-    endpoint: str, upstream_model: str, canonical_body: dict[str, Any], salt: str | None
-) -> bytes:
-    """The bytes a key hashes: the schema version, endpoint, model, body and salt, keys sorted."""
+def _canonical_json(endpoint: str, namespace: str, canonical_body: dict[str, Any], salt: str | None) -> bytes:
+    """The bytes a key hashes: the schema version, endpoint, namespace, body and salt, keys sorted."""
     canonical: dict[str, Any] = {
         "v": KEY_SCHEMA,
         "endpoint": endpoint,
-        "model": upstream_model,
+        "namespace": namespace,
         "body": canonical_body,
     }
     if salt:
@@ -73,16 +104,16 @@ def _canonical_json(
 
 
 def canonical_key(
-    endpoint: str, upstream_model: str, canonical_body: dict[str, Any], salt: str | None = None
+    endpoint: str, namespace: str, canonical_body: dict[str, Any], salt: str | None = None
 ) -> str:
     """:func:`request_key` of a body already in canonical form (as :func:`canonical_fields` returns it).
 
     For callers that key many bodies differing in one field: canonicalise the
     shared fields once, add the varying one, and key each with this. Equal to
-    ``request_key(endpoint, upstream_model, body, salt)`` whenever
+    ``request_key(endpoint, namespace, body, salt)`` whenever
     ``canonical_body == canonical_fields(body)``.
     """
-    return hashlib.sha256(_canonical_json(endpoint, upstream_model, canonical_body, salt)).hexdigest()
+    return hashlib.sha256(_canonical_json(endpoint, namespace, canonical_body, salt)).hexdigest()
 
 
 # Stands in for the varying field while a splice is made; JSON-encodes as itself (no escapes).
@@ -97,20 +128,20 @@ class KeySplice:
     of the bytes before the hole, ``value`` serialised as :func:`request_key`
     serialises it (sorted keys, integral floats as ints), and the bytes after.
     Byte for byte the same JSON, so ``splice.key(v) ==
-    canonical_key(endpoint, upstream_model, {**canonical_fields, field: v}, salt)``.
+    canonical_key(endpoint, namespace, {**canonical_fields, field: v}, salt)``.
     """
 
     def __init__(
         self,
         endpoint: str,
-        upstream_model: str,
+        namespace: str,
         canonical_fields: dict[str, Any],
         field: str,
         salt: str | None = None,
     ) -> None:
         if field in DELIVERY_FIELDS:
             raise ValueError(f"{field!r} is not part of a key")
-        whole = _canonical_json(endpoint, upstream_model, {**canonical_fields, field: _HOLE}, salt)
+        whole = _canonical_json(endpoint, namespace, {**canonical_fields, field: _HOLE}, salt)
         hole = orjson.dumps(_HOLE)
         if whole.count(hole) != 1:
             raise ValueError("the splice hole appears in the shared fields")

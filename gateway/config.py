@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+from functools import cached_property
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -17,7 +18,11 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from cache.keys import deployment_namespace
 from gateway.scheduler import Limits
+
+# The engine arguments that decide which weights an in-process vLLM answers with.
+CHECKPOINT_ARGS = ("model", "revision", "tokenizer", "tokenizer_revision", "quantization", "dtype")
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -90,6 +95,8 @@ class ModelConfig(_Strict):
     batching: BatchingConfig | None = None
     engine_args: dict[str, Any] = Field(default_factory=dict)
     cost: CostConfig | None = None  # None: litellm's price map, or free when the upstream is local
+    # Deployments sharing a namespace share cache entries; unset, each deployment has its own.
+    cache_namespace: str | None = Field(default=None, min_length=1, max_length=200)
 
     @field_validator("cost", mode="before")
     @classmethod
@@ -119,6 +126,14 @@ class ModelConfig(_Strict):
     def target_model(self) -> str:
         """The model name sent upstream."""
         return self.upstream_model or self.name
+
+    @cached_property
+    def key_namespace(self) -> str:
+        """What cache keys name this model by: ``cache_namespace``, else its deployment's identity."""
+        if self.cache_namespace:
+            return self.cache_namespace
+        checkpoint = {k: self.engine_args.get(k) for k in CHECKPOINT_ARGS if k in self.engine_args}
+        return deployment_namespace(self.provider, self.api_base, self.target_model, checkpoint or None)
 
     def api_key(self) -> str | None:
         """The provider key, read from the environment at call time, never stored."""

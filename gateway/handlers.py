@@ -33,13 +33,14 @@ class Handlers:
         self._models_body = orjson.dumps(
             {
                 "object": "list",
-                # upstream_model lets a client (the scorer) recompute cache keys offline.
+                # cache_namespace lets a client (the scorer) recompute cache keys offline.
                 "data": [
                     {
                         "id": m.name,
                         "object": "model",
                         "owned_by": m.provider,
                         "upstream_model": m.target_model,
+                        "cache_namespace": m.key_namespace,
                     }
                     for m in config.models
                 ],
@@ -129,7 +130,7 @@ class Handlers:
         body: dict[str, Any] | None,
     ) -> Call:
         try:
-            key = request_key(endpoint, model.target_model, body or {}, request.headers.get("X-Cache-Salt"))
+            key = request_key(endpoint, model.key_namespace, body or {}, request.headers.get("X-Cache-Salt"))
         except TypeError as exc:  # JSON allows integers JSON tools cannot carry
             raise bad_request(f"the request cannot be encoded: {exc}", "invalid_number") from exc
         return Call(

@@ -24,13 +24,14 @@ import orjson
 
 from cache.index import ResponseIndex
 from cache.records import RECORD_SCHEMA, RecordWriteError, RecordWriter
+from cache.validity import invalid_reason
 from gateway.config import ModelConfig
 from gateway.errors import GatewayError
 from gateway.metrics import Metrics
 from gateway.pricing import Costs
 from gateway.singleflight import SingleFlight
 from gateway.streaming import DONE, StreamAssembler, replay_events, sse_event
-from gateway.upstream import Attempts, Upstream, torn_body
+from gateway.upstream import Attempts, Upstream, invalid_answer
 
 log = logging.getLogger("gateway.pipeline")
 
@@ -192,17 +193,23 @@ class Pipeline:
     async def _fetch_stream(
         self, call: Call, queue: asyncio.Queue[Any], chat: bool, include_usage: bool
     ) -> Answer:
-        started = time.time()
+        started, started_monotonic = time.time(), time.monotonic()
         request = call.upstream_body()
         assert request is not None
         assembler = StreamAssembler(chat)
         attempts = Attempts()
+        upstream = self.upstreams[call.model.name]
         try:
-            async for payload in self.upstreams[call.model.name].stream(call.endpoint, request, attempts):
-                chunk = orjson.loads(payload)
-                assembler.add(chunk)
-                if chunk.get("choices") or include_usage:
-                    queue.put_nowait(sse_event(payload))
+            async for event in upstream.stream(call.endpoint, request, attempts):
+                assembler.add(event.chunk)
+                if event.chunk.get("choices") or include_usage:
+                    queue.put_nowait(sse_event(event.payload))
+            data = assembler.response()
+            reason = assembler.incomplete_reason() or invalid_reason(call.endpoint, data)
+            if reason is not None:  # a stream that never finished its answer is not one
+                incomplete = invalid_answer(call.endpoint, reason)
+                attempts.failed(incomplete, started_monotonic, orjson.dumps(data))
+                raise incomplete
         except Exception as exc:  # whatever it is, the waiting client must hear of it
             error = _as_gateway_error(exc)
             try:
@@ -210,7 +217,6 @@ class Pipeline:
             finally:  # only now: a client told of the failure may ask again at once
                 queue.put_nowait(error)
             raise error from exc
-        data = assembler.response()
         body = orjson.dumps(data)
         try:
             await self._store(call, "miss", started, body, request, attempts, data)
@@ -278,8 +284,6 @@ class Pipeline:
 def _as_gateway_error(exc: Exception) -> GatewayError:
     if isinstance(exc, GatewayError):  # upstream failures, refusals (a full queue)
         return exc
-    if isinstance(exc, orjson.JSONDecodeError):
-        return torn_body(exc)
     log.exception("unexpected error while streaming", exc_info=exc)
     return GatewayError(500, "internal gateway error", "server_error", "internal")
 

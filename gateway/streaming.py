@@ -47,23 +47,15 @@ class StreamAssembler:
 
     def _empty(self, index: int) -> dict[str, Any]:
         if self.chat:
-            message = {"role": "assistant", "content": ""}
+            message: dict[str, Any] = {}  # filled from the deltas; defaults in response()
             return {"index": index, "message": message, "logprobs": None, "finish_reason": None}
         return {"index": index, "text": "", "logprobs": None, "finish_reason": None}
 
     @staticmethod
     def _add_chat(choice: dict[str, Any], part: dict[str, Any]) -> None:
-        delta = part.get("delta") or {}
-        message = choice["message"]
-        if delta.get("role"):
-            message["role"] = delta["role"]
-        if delta.get("content"):
-            message["content"] += delta["content"]
-        for extra in ("reasoning_content", "refusal"):
-            if delta.get(extra):
-                message[extra] = message.get(extra, "") + delta[extra]
-        if delta.get("tool_calls"):
-            message.setdefault("tool_calls", []).extend(delta["tool_calls"])
+        delta = part.get("delta")
+        if isinstance(delta, dict):
+            accumulate_delta(choice["message"], delta)
         content = (part.get("logprobs") or {}).get("content")
         if content:
             choice["logprobs"] = choice["logprobs"] or {"content": []}
@@ -79,16 +71,84 @@ class StreamAssembler:
                 if isinstance(values, list):
                     merged.setdefault(field, []).extend(values)
 
+    def incomplete_reason(self) -> str | None:
+        """Why the stream so far is not a whole answer (no choice, or one never finished), else None."""
+        if not self.choices:
+            return "the stream carried no choice"
+        unfinished = [i for i, choice in sorted(self.choices.items()) if choice["finish_reason"] is None]
+        if unfinished:
+            return f"the stream ended before choice {unfinished[0]} finished"
+        return None
+
     def response(self) -> dict[str, Any]:
-        """The assembled non-streaming response."""
+        """The assembled non-streaming response: what the same request without ``stream`` returns."""
+        choices = []
+        for i in sorted(self.choices):
+            choice = self.choices[i]
+            if self.chat:
+                message = {"role": "assistant", **choice["message"]}
+                if message.get("tool_calls"):
+                    # Deltas carry each call's index; a whole message lists its calls in order.
+                    message["tool_calls"] = [
+                        {k: v for k, v in call.items() if k != "index"} for call in message["tool_calls"]
+                    ]
+                    message.setdefault("content", None)
+                else:
+                    message.setdefault("content", "")
+                choice = {**choice, "message": message}
+            choices.append(choice)
         return {
             "id": self.head.get("id"),
             "object": "chat.completion" if self.chat else "text_completion",
             "created": self.head.get("created"),
             "model": self.head.get("model"),
-            "choices": [self.choices[i] for i in sorted(self.choices)],
+            "choices": choices,
             "usage": self.usage,
         }
+
+
+def accumulate_delta(acc: dict[str, Any], delta: dict[str, Any]) -> dict[str, Any]:
+    """Fold one chat ``delta`` into ``acc`` exactly as the openai SDK's stream helpers do.
+
+    Strings concatenate (content, reasoning, a tool call's ``arguments``),
+    ``index`` and ``type`` are replaced, objects merge, and lists of objects
+    (``tool_calls``) merge entry by entry on their ``index``: one entry per tool
+    call with its ``id``, ``type``, ``function.name`` and whole ``arguments``.
+    """
+    for key, value in delta.items():
+        if acc.get(key) is None:
+            if _has_indexed_entries(value):
+                acc[key] = []  # even the first list must merge: one delta can hold two fragments
+            else:
+                acc[key] = value
+                continue
+        current = acc[key]
+        if key in ("index", "type", "role"):  # labels, not text (some upstreams repeat the role)
+            acc[key] = value
+        elif isinstance(current, str) and isinstance(value, str):
+            acc[key] = current + value
+        elif isinstance(current, dict) and isinstance(value, dict):
+            accumulate_delta(current, value)
+        elif isinstance(current, list) and isinstance(value, list):
+            if not _has_indexed_entries(value):
+                current.extend(value)
+                continue
+            for entry in value:
+                index = entry.get("index") if isinstance(entry, dict) else None
+                if not isinstance(index, int):
+                    raise ValueError(f"a streamed list entry has no integer index: {entry!r}")
+                position = next((n for n, e in enumerate(current) if e.get("index") == index), None)
+                if position is None:
+                    current.append(accumulate_delta({}, entry))
+                else:
+                    accumulate_delta(current[position], entry)
+        elif value is not None:
+            acc[key] = value
+    return acc
+
+
+def _has_indexed_entries(value: Any) -> bool:
+    return isinstance(value, list) and any(isinstance(e, dict) and "index" in e for e in value)
 
 
 def replay_events(response: dict[str, Any], chat: bool, include_usage: bool) -> list[bytes]:
@@ -99,7 +159,7 @@ def replay_events(response: dict[str, Any], chat: bool, include_usage: bool) -> 
     for choice in response.get("choices") or []:
         part: dict[str, Any] = {"index": choice.get("index", 0)}
         if chat:
-            part["delta"] = {k: v for k, v in (choice.get("message") or {}).items() if v}
+            part["delta"] = _delta_of(choice.get("message") or {})
         else:
             part["text"] = choice.get("text", "")
         part["logprobs"] = choice.get("logprobs")
@@ -109,3 +169,13 @@ def replay_events(response: dict[str, Any], chat: bool, include_usage: bool) -> 
         events.append(sse_event(orjson.dumps({**head, "choices": [], "usage": response["usage"]})))
     events.append(DONE)
     return events
+
+
+def _delta_of(message: dict[str, Any]) -> dict[str, Any]:
+    """A whole message as one delta; tool calls get the ``index`` a streamed delta carries."""
+    delta = {k: v for k, v in message.items() if v}
+    if isinstance(delta.get("tool_calls"), list):
+        delta["tool_calls"] = [
+            {"index": i, **call} for i, call in enumerate(delta["tool_calls"]) if isinstance(call, dict)
+        ]
+    return delta

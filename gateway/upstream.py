@@ -23,6 +23,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from cache.validity import invalid_reason
 from gateway.batcher import MicroBatcher, single_prompt
 from gateway.config import ModelConfig
 from gateway.errors import UpstreamError
@@ -43,15 +44,21 @@ class Attempts:
         """Milliseconds from ``started`` (wall clock) to a stream's first event; None if not streamed."""
         return None if self.first_event_at is None else round((self.first_event_at - started) * 1000, 3)
 
-    def failed(self, error: UpstreamError, started: float) -> None:
-        self.errors.append(
-            {
-                "status": error.status,
-                "code": error.code,
-                "message": error.message,
-                "ms": round((time.monotonic() - started) * 1000, 3),
-            }
-        )
+    def failed(self, error: UpstreamError, started: float, body: bytes | None = None) -> None:
+        """Note a failed try; ``body`` is what an invalid answer said (kept, bounded, for the record)."""
+        failure: dict[str, Any] = {
+            "status": error.status,
+            "code": error.code,
+            "message": error.message,
+            "ms": round((time.monotonic() - started) * 1000, 3),
+        }
+        if body is not None:
+            failure["body"] = body[:KEPT_BODY_BYTES].decode("utf-8", "replace")
+        self.errors.append(failure)
+
+
+# How much of an invalid answer a record keeps: enough to see what went wrong.
+KEPT_BODY_BYTES = 64 * 1024
 
 
 def _retryable(exc: BaseException) -> bool:
@@ -137,35 +144,55 @@ class Upstream:
             raise
         usage = answered.usage
         self.scheduler.release(ticket, usage, answered.headers)
+        reason = invalid_reason(endpoint, answered.data)
+        if reason is not None:  # paid for, but not an answer: kept in the record, retried, never cached
+            error = invalid_answer(endpoint, reason)
+            attempts.failed(error, started, answered.body)
+            raise error
         self.scheduler.succeeded()
         if usage and isinstance(usage.get("completion_tokens"), int):
             self.output.observe(usage["completion_tokens"])
         return answered
 
-    async def stream(self, endpoint: str, body: dict[str, Any], attempts: Attempts) -> AsyncIterator[bytes]:
-        """The provider's event payloads; attempts are retried only until the first one arrives."""
+    async def stream(self, endpoint: str, body: dict[str, Any], attempts: Attempts) -> AsyncIterator[Event]:
+        """The provider's events, parsed; attempts are retried until the answer starts.
+
+        The answer starts with the first event that carries a choice; events
+        before it (a usage-only chunk) are held back, so a stream with no answer
+        in it is a failed attempt the client never saw, and is tried again. An
+        ``error`` event is an upstream failure wherever it comes (vLLM ends a
+        failing generation with one and then ``[DONE]``), never part of an answer.
+        """
         async for attempt in self._retrying():
             with attempt:
                 events = self._stream_once(endpoint, body, attempts)
-                first = await anext(events, None)
-        if first is None:
-            return
+                held = []
+                async for event in events:  # _stream_once raises if none carries a choice
+                    held.append(event)
+                    if event.chunk.get("choices"):
+                        break
         attempts.first_event_at = time.time()
-        yield first
-        async for payload in events:
-            yield payload
+        for event in held:
+            yield event
+        async for event in events:
+            yield event
 
     async def _stream_once(
         self, endpoint: str, body: dict[str, Any], attempts: Attempts
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncIterator[Event]:
         ticket = await self.scheduler.acquire(
             input_tokens(body, self._tiktoken_model), self.output.expect(body)
         )
         started = time.monotonic()
         attempts.count += 1
+        answered = False
         try:
             async for payload in self.provider.stream(endpoint, body):
-                yield payload
+                event = Event.parse(payload)
+                answered = answered or bool(event.chunk.get("choices"))
+                yield event
+            if not answered:
+                raise invalid_answer(endpoint, "the stream carried no choice")
         except UpstreamError as exc:
             attempts.failed(exc, started)
             if exc.status == 429:
@@ -183,6 +210,43 @@ class Upstream:
 def torn_body(exc: Exception) -> UpstreamError:
     """502 for an answer that is not the JSON it claims to be (retryable: it may pass)."""
     return UpstreamError(502, f"upstream sent invalid JSON: {exc}", "upstream_bad_response", True)
+
+
+def invalid_answer(endpoint: str, reason: str) -> UpstreamError:
+    """502 for a 200 that is not a complete answer of ``endpoint`` (retryable: it may pass)."""
+    return UpstreamError(
+        502, f"upstream sent no valid {endpoint} answer: {reason}", "upstream_invalid_response", True
+    )
+
+
+def stream_error(chunk: dict[str, Any]) -> UpstreamError:
+    """502 for an ``error`` event inside a stream, with the upstream's message."""
+    detail = chunk.get("error") if isinstance(chunk.get("error"), dict) else chunk
+    message = detail.get("message") if isinstance(detail, dict) else None
+    return UpstreamError(
+        502, f"upstream stream failed: {message or 'an error event'}", "upstream_stream_error", True
+    )
+
+
+@dataclass(frozen=True)
+class Event:
+    """One server-sent event of a streamed answer: its bytes as sent, and its JSON."""
+
+    payload: bytes
+    chunk: dict[str, Any]
+
+    @classmethod
+    def parse(cls, payload: bytes) -> Event:
+        """Parse ``payload``: invalid JSON is a torn stream, an error event an upstream failure."""
+        try:
+            chunk = orjson.loads(payload)
+        except orjson.JSONDecodeError as exc:
+            raise torn_body(exc) from exc
+        if not isinstance(chunk, dict):
+            raise invalid_answer("stream", f"an event is {type(chunk).__name__}, not an object")
+        if chunk.get("error") is not None or chunk.get("object") == "error":
+            raise stream_error(chunk)
+        return cls(payload, chunk)
 
 
 @dataclass(frozen=True)

@@ -53,8 +53,8 @@ class GatewayClient:
         assert self._session is not None, "use GatewayClient as an async context manager"
         return self._session
 
-    async def upstream_model(self, model: str) -> str:
-        """The upstream name of ``model`` (what cache keys use), from ``GET /v1/models``."""
+    async def model_names(self, model: str) -> tuple[str, str]:
+        """``model``'s upstream name and cache namespace (what cache keys use), from ``GET /v1/models``."""
         try:
             async with self.session.get(self.root + "/v1/models") as response:
                 data = await response.json(content_type=None)
@@ -63,7 +63,9 @@ class GatewayClient:
         models = {m["id"]: m for m in data.get("data", []) if isinstance(m, dict) and "id" in m}
         if model not in models:
             raise BadInput(f"model {model!r} is not served by the gateway (it serves {', '.join(models)})")
-        return str(models[model].get("upstream_model") or model)
+        entry = models[model]
+        upstream = str(entry.get("upstream_model") or model)
+        return upstream, str(entry.get("cache_namespace") or upstream)
 
     async def _post(self, path: str, body: dict[str, Any], key: str) -> dict[str, Any]:
         answer = await self._call("POST", path, key, data=orjson.dumps(body))
@@ -121,18 +123,15 @@ class GatewayClient:
         finally:
             bar.close()
 
-    async def tokenizer_info(self, model: str, upstream_model: str) -> dict[str, Any]:
+    async def tokenizer_info(self, model: str, namespace: str) -> dict[str, Any]:
         """The model's ``GET /tokenizer_info`` answer (cached by the gateway like any request)."""
-        return await self._call(
-            "GET", TOKENIZER_INFO, tokenizer_info_key(upstream_model), params={"model": model}
-        )
+        return await self._call("GET", TOKENIZER_INFO, tokenizer_info_key(namespace), params={"model": model})
 
-    async def tokenize(self, model: str, upstream_model: str, texts: Iterable[str]) -> dict[str, list[int]]:
+    async def tokenize(self, model: str, namespace: str, texts: Iterable[str]) -> dict[str, list[int]]:
         """Token ids of each distinct text, from the gateway's ``/tokenize`` (cached there)."""
         distinct = list(dict.fromkeys(texts))
         jobs = [
-            (TOKENIZE, {"model": model, **tokenize_body(t)}, tokenize_key(upstream_model, t))
-            for t in distinct
+            (TOKENIZE, {"model": model, **tokenize_body(t)}, tokenize_key(namespace, t)) for t in distinct
         ]
         answers = await self._all(jobs, "tokenize")
         return {t: list(a["tokens"]) for t, a in zip(distinct, answers, strict=True)}

@@ -41,6 +41,7 @@ class Manifest:
     seed: int
     limit: int | None
     gen_kwargs: dict[str, Any]
+    cache_namespace: str = ""  # what the cache keys name the model by (older manifests: upstream_model)
     tasks: dict[str, TaskEntry] = field(default_factory=dict)
     rounds: dict[str, list[str]] = field(default_factory=lambda: {"train": [], "eval": []})
     created: float = field(default_factory=time.time)

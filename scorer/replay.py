@@ -47,7 +47,12 @@ class ScoreOutcome:
 
 def settings_of(manifest: Manifest) -> ModelSettings:
     """The model settings a run's requests were built with."""
-    return ModelSettings(manifest.model, manifest.upstream_model, manifest.seed, manifest.gen_kwargs or None)
+    return ModelSettings(
+        manifest.model,
+        manifest.cache_namespace or manifest.upstream_model,
+        manifest.seed,
+        manifest.gen_kwargs or None,
+    )
 
 
 def documents_of(folder: RunFolder, manifest: Manifest, task: TaskConfig) -> Documents:
@@ -63,21 +68,21 @@ def documents_of(folder: RunFolder, manifest: Manifest, task: TaskConfig) -> Doc
 
 
 def cached_tokens(
-    reader: ResponseReader, upstream_model: str, task: str, texts: list[str]
+    reader: ResponseReader, namespace: str, task: str, texts: list[str]
 ) -> dict[str, list[int]]:
     """Token ids of ``texts`` from the cached ``/tokenize`` answers; raises :class:`MissingResponses`."""
     missing: list[str] = []
-    table = _tokens(reader, upstream_model, texts, missing)
+    table = _tokens(reader, namespace, texts, missing)
     if missing:
         raise MissingResponses(task, missing)
     return table
 
 
 def _tokens(
-    reader: ResponseReader, upstream_model: str, texts: list[str], missing: list[str]
+    reader: ResponseReader, namespace: str, texts: list[str], missing: list[str]
 ) -> dict[str, list[int]]:
     """Token ids of those ``texts`` the cache has; the keys of the others are appended to ``missing``."""
-    keys = {text: tokenize_key(upstream_model, text) for text in texts}
+    keys = {text: tokenize_key(namespace, text) for text in texts}
     bodies = reader.get_raw_many(keys.values())
     table: dict[str, list[int]] = {}
     for text, key in keys.items():
@@ -100,14 +105,14 @@ def cached_responses(reader: ResponseReader, plans: list[DocPlan], task: str) ->
     return responses
 
 
-def cached_prefix_token(reader: ResponseReader, upstream_model: str, task: str) -> int | None:
+def cached_prefix_token(reader: ResponseReader, namespace: str, task: str) -> int | None:
     """The rolling-loglikelihood prefix token, from the cached ``/tokenizer_info`` and ``/tokenize``."""
-    key = tokenizer_info_key(upstream_model)
+    key = tokenizer_info_key(namespace)
     raw = reader.get_raw(key)
     if raw is None:
         raise MissingResponses(task, [key])
     info = orjson.loads(raw)
-    table = cached_tokens(reader, upstream_model, task, special_texts(info))
+    table = cached_tokens(reader, namespace, task, special_texts(info))
     return prefix_token(info, TableTokenizer(table))
 
 
@@ -154,7 +159,7 @@ class BatchScorer:
         self.task = task
         self.docs = docs
         self.answers = answers
-        self.upstream = settings_of(manifest).upstream_model
+        self.upstream = settings_of(manifest).namespace
         self.table: dict[str, list[int]] = {}
         self.builder = RequestBuilder(task, settings_of(manifest), TableTokenizer(self.table), prefix)
 
@@ -253,7 +258,7 @@ def score_from_cache(
     Raises:
         MissingResponses: after every batch, naming every response (or token ids) the cache lacks.
     """
-    upstream = settings_of(manifest).upstream_model
+    upstream = settings_of(manifest).namespace
     prefix = None
     if task.output_type == "loglikelihood_rolling":
         prefix = cached_prefix_token(reader, upstream, task.name)

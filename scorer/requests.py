@@ -61,7 +61,7 @@ class ModelSettings:
     """What a run fixes about the model side of every request."""
 
     model: str
-    upstream_model: str
+    namespace: str  # the model's cache namespace, which keys name it by
     seed: int = 1234
     gen_kwargs: dict[str, Any] | None = None  # --gen-kwargs: override the task's
 
@@ -86,7 +86,7 @@ class RequestBuilder:
         self._generate: tuple[str, dict[str, Any], KeySplice, int] | None = None
 
     def _request(self, endpoint: str, body: dict[str, Any], ctxlen: int = 0) -> Request:
-        return Request(request_key(endpoint, self.settings.upstream_model, body), endpoint, body, ctxlen)
+        return Request(request_key(endpoint, self.settings.namespace, body), endpoint, body, ctxlen)
 
     def _generation_kwargs(self) -> dict[str, Any]:
         kwargs = copy.deepcopy(self.task.raw["generation_kwargs"] or {})
@@ -122,7 +122,7 @@ class RequestBuilder:
         if self._generate is None:
             endpoint, fields, truncate_for = self._generate_fields()
             varying = "messages" if endpoint == CHAT else "prompt"
-            splice = KeySplice(endpoint, self.settings.upstream_model, canonical_fields(fields), varying)
+            splice = KeySplice(endpoint, self.settings.namespace, canonical_fields(fields), varying)
             self._generate = (endpoint, fields, splice, truncate_for)
         endpoint, fields, splice, truncate_for = self._generate
         if endpoint == CHAT:

@@ -81,7 +81,7 @@ def gather_documents(task: TaskConfig, limit: int | None, seed: int) -> tuple[Do
     return Documents(eval_docs, train, pool_size, same), n_total
 
 
-def _manifest(folder: RunFolder, options: RunOptions, upstream: str) -> Manifest:
+def _manifest(folder: RunFolder, options: RunOptions, upstream: str, namespace: str) -> Manifest:
     fresh = Manifest(
         options.run_id,
         options.model,
@@ -90,13 +90,14 @@ def _manifest(folder: RunFolder, options: RunOptions, upstream: str) -> Manifest
         options.seed,
         options.limit,
         options.gen_kwargs,
+        cache_namespace=namespace,
     )
     if not folder.has_manifest():
         return fresh
     old = folder.read_manifest()
-    same = (old.model, old.upstream_model, old.seed, old.gen_kwargs) == (
+    same = (old.model, old.cache_namespace, old.seed, old.gen_kwargs) == (
         options.model,
-        upstream,
+        namespace,
         options.seed,
         options.gen_kwargs,
     )
@@ -116,8 +117,8 @@ async def run(options: RunOptions) -> RunReport:
     prepared = [(t, *gather_documents(t, options.limit, options.seed)) for t in tasks]
     report = RunReport()
     async with GatewayClient(options.gateway, options.run_id, options.concurrency) as client:
-        upstream = await client.upstream_model(options.model)
-        manifest = _manifest(folder, options, upstream)
+        upstream_model, upstream = await client.model_names(options.model)
+        manifest = _manifest(folder, options, upstream_model, upstream)
         settings = ModelSettings(options.model, upstream, options.seed, options.gen_kwargs or None)
         for task, docs, n_total in prepared:
             manifest.tasks[task.name] = TaskEntry(task.raw, len(docs.eval), n_total, docs.train_pool_size)

@@ -23,22 +23,22 @@ def tokenize_body(text: str) -> dict[str, Any]:
     return {"prompt": text, "add_special_tokens": False}
 
 
-def tokenize_key(upstream_model: str, text: str) -> str:
+def tokenize_key(namespace: str, text: str) -> str:
     """The cache key of tokenizing ``text``."""
-    return _tokenize_splice(upstream_model).key(text)
+    return _tokenize_splice(namespace).key(text)
 
 
 @lru_cache(maxsize=16)
-def _tokenize_splice(upstream_model: str) -> KeySplice:
+def _tokenize_splice(namespace: str) -> KeySplice:
     # the body has no delivery field and no float: it is its own canonical form
     shared = tokenize_body("")
     del shared["prompt"]
-    return KeySplice(TOKENIZE, upstream_model, shared, "prompt")
+    return KeySplice(TOKENIZE, namespace, shared, "prompt")
 
 
-def tokenizer_info_key(upstream_model: str) -> str:
-    """The cache key of ``GET /tokenizer_info`` (a body-less request) for ``upstream_model``."""
-    return request_key(TOKENIZER_INFO, upstream_model, {})
+def tokenizer_info_key(namespace: str) -> str:
+    """The cache key of ``GET /tokenizer_info`` (a body-less request) for a model's cache ``namespace``."""
+    return request_key(TOKENIZER_INFO, namespace, {})
 
 
 def special_texts(info: dict[str, Any]) -> list[str]:

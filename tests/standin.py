@@ -11,6 +11,7 @@ import asyncio
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 from aiohttp import web
@@ -20,20 +21,30 @@ from aiohttp import web
 class Fault:
     """One scripted misbehaviour."""
 
-    kind: str  # "status" | "hang" | "drop" | "invalid_json" | "torn_stream"
+    # "status" | "hang" | "drop" | "invalid_json" | "torn_stream"
+    # | "body" (a 200 carrying ``body`` as JSON) | "events" (a 200 stream of ``events``, then [DONE])
+    kind: str
     status: int = 500
     message: str = "scripted failure"
     headers: dict[str, str] = field(default_factory=dict)
+    body: Any = None
+    events: list[Any] = field(default_factory=list)
 
 
-def completion_body(prompt: str) -> dict:
-    """A well-formed text completion echoing the prompt."""
+def completion_body(prompt: str, chat: bool = False) -> dict:
+    """A well-formed text (or chat) completion echoing the prompt."""
+    text = f" answer to {prompt}"
+    choice: dict[str, Any] = {"index": 0, "logprobs": None, "finish_reason": "stop"}
+    if chat:
+        choice["message"] = {"role": "assistant", "content": text}
+    else:
+        choice["text"] = text
     return {
         "id": "cmpl-standin",
-        "object": "text_completion",
+        "object": "chat.completion" if chat else "text_completion",
         "created": 0,
         "model": "standin",
-        "choices": [{"index": 0, "text": f" answer to {prompt}", "logprobs": None, "finish_reason": "stop"}],
+        "choices": [choice],
         "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7},
     }
 
@@ -83,11 +94,18 @@ class StandIn:
         self.headers_seen.append(dict(request.headers))
         self.bodies_seen.append(body)
         prompt = str(body.get("prompt") or body.get("messages"))
+        chat = request.path.endswith("/chat/completions")
         fault = self.script.pop(0) if self.script else None
         if fault is None:
             if body.get("stream"):
-                return await self._stream(request, prompt, torn=False)
-            return web.Response(body=orjson.dumps(completion_body(prompt)), content_type="application/json")
+                return await self._stream(request, prompt, torn=False, chat=chat)
+            return web.Response(
+                body=orjson.dumps(completion_body(prompt, chat)), content_type="application/json"
+            )
+        if fault.kind == "body":
+            return web.Response(body=orjson.dumps(fault.body), content_type="application/json")
+        if fault.kind == "events":
+            return await self._events(request, [orjson.dumps(e) for e in fault.events])
         if fault.kind == "status":
             error = {"error": {"message": fault.message, "type": "scripted", "code": None}}
             return web.Response(
@@ -102,7 +120,7 @@ class StandIn:
         if fault.kind == "invalid_json":
             return web.Response(body=b'{"choices": [', content_type="application/json")
         if fault.kind == "torn_stream":
-            return await self._stream(request, prompt, torn=True)
+            return await self._stream(request, prompt, torn=True, chat=chat)
         assert fault.kind == "drop"
         response = web.StreamResponse(headers={"Content-Length": "1000", "Content-Type": "application/json"})
         await response.prepare(request)
@@ -111,16 +129,37 @@ class StandIn:
         request.transport.close()
         return response
 
-    async def _stream(self, request: web.Request, prompt: str, torn: bool) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await response.prepare(request)
-        chunk = completion_body(prompt)
-        chunk["choices"][0]["finish_reason"] = None
-        await response.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
+    async def _stream(self, request: web.Request, prompt: str, torn: bool, chat: bool) -> web.StreamResponse:
+        """A well-formed stream: the text, then a chunk that finishes the choice, then [DONE]."""
+        first, last = stream_chunks(prompt, chat)
         if torn:
+            response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await response.prepare(request)
+            await response.write(b"data: " + orjson.dumps(first) + b"\n\n")
             assert request.transport is not None
             request.transport.close()
             return response
+        return await self._events(request, [orjson.dumps(first), orjson.dumps(last)])
+
+    async def _events(self, request: web.Request, payloads: list[bytes]) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for payload in payloads:
+            await response.write(b"data: " + payload + b"\n\n")
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response
+
+
+def stream_chunks(prompt: str, chat: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The two chunks of a well-formed streamed answer: its text, then its finish."""
+    head = {"id": "cmpl-standin", "created": 0, "model": "standin"}
+    head["object"] = "chat.completion.chunk" if chat else "text_completion"
+    text = f" answer to {prompt}"
+    if chat:
+        first = {"index": 0, "delta": {"role": "assistant", "content": text}, "finish_reason": None}
+        last = {"index": 0, "delta": {}, "finish_reason": "stop"}
+    else:
+        first = {"index": 0, "text": text, "logprobs": None, "finish_reason": None}
+        last = {"index": 0, "text": "", "logprobs": None, "finish_reason": "stop"}
+    return {**head, "choices": [first]}, {**head, "choices": [last]}
