@@ -53,6 +53,28 @@ def canonical_fields(body: dict[str, Any]) -> dict[str, Any]:
     return {k: _normalise(v) for k, v in body.items() if k not in DELIVERY_FIELDS}
 
 
+# Endpoints whose answers are drawn from a distribution (the others are functions of the request).
+SAMPLED_ENDPOINTS = frozenset({"/v1/completions", "/v1/chat/completions"})
+
+
+def is_sampled(endpoint: str, body: dict[str, Any]) -> bool:
+    """Whether a request samples: a generating endpoint with ``temperature`` absent or above 0.
+
+    Only the temperature decides (the API's default is 1), whatever ``seed``
+    or ``top_k`` say: a request that samples is one draw, and k of them are k
+    draws, each with a key of its own (:func:`sample_key`).
+    """
+    if endpoint not in SAMPLED_ENDPOINTS:
+        return False
+    temperature = body.get("temperature")
+    return temperature is None or (isinstance(temperature, int | float) and temperature > 0)
+
+
+def sample_key(key: str, index: int) -> str:
+    """The key of sample ``index`` of the sampling request whose key is ``key``."""
+    return hashlib.sha256(f"{key}/sample/{index}".encode()).hexdigest()
+
+
 def deployment_namespace(
     provider: str, api_base: str | None, upstream_model: str, checkpoint: Any = None
 ) -> str:

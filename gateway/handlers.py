@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from cache.keys import request_key
+from cache.keys import is_sampled, request_key
 from cache.runs import DEFAULT_RUN, BadRunId, check_run_id
 from gateway.auth import Grant, KeyRing, check, presented_key
 from gateway.config import GatewayConfig, ModelConfig
@@ -69,7 +69,7 @@ class Handlers:
         body = validate_body(endpoint, await read_json(request, self.config.max_body_bytes))
         model = self.model_named(body["model"])
         check(grant, model.name, run_id)
-        call = self._call(request, run_id, endpoint, model, body)
+        call = await self._call(request, run_id, endpoint, model, body)
         if call.stream:
             return await self._stream(request, call)
         answer = await self.pipeline.answer(call)
@@ -86,7 +86,7 @@ class Handlers:
             name = body.get("model") or name
         model = self.model_named(name) if name else self.config.models[0]
         check(grant, model.name, run_id)
-        call = self._call(request, run_id, endpoint, model, body)
+        call = await self._call(request, run_id, endpoint, model, body)
         answer = await self.pipeline.answer(call)
         return web.Response(body=answer.body, content_type=JSON, headers=_headers(call, answer.served))
 
@@ -121,7 +121,7 @@ class Handlers:
             )
         return model
 
-    def _call(
+    async def _call(
         self,
         request: web.Request,
         run_id: str,
@@ -133,7 +133,8 @@ class Handlers:
             key = request_key(endpoint, model.key_namespace, body or {}, request.headers.get("X-Cache-Salt"))
         except TypeError as exc:  # JSON allows integers JSON tools cannot carry
             raise bad_request(f"the request cannot be encoded: {exc}", "invalid_number") from exc
-        return Call(
+        pinned = sample_index(request.headers.get("X-Sample-Index"))
+        call = Call(
             run_id=run_id,
             endpoint=endpoint,
             model=model,
@@ -143,6 +144,9 @@ class Handlers:
             stream=bool(body and body.get("stream")),
             task=request.headers.get("X-Task") or _task_of(body),
         )
+        if body is None or not is_sampled(endpoint, body):
+            return call
+        return await self.pipeline.sample(call, pinned)
 
     async def _stream(self, request: web.Request, call: Call) -> web.StreamResponse:
         served, events = await self.pipeline.answer_stream(call)
@@ -172,6 +176,19 @@ def run_of(request: web.Request) -> str:
         return check_run_id(run_id)
     except BadRunId as exc:
         raise bad_request(str(exc), "invalid_run_id") from exc
+
+
+def sample_index(header: str | None) -> int | None:
+    """The sample an ``X-Sample-Index`` header pins (a non-negative integer), or a 400."""
+    if header is None:
+        return None
+    value = header.strip()
+    if not value.isascii() or not value.isdigit() or len(value) > 9:
+        raise bad_request(
+            f"X-Sample-Index must be a non-negative integer below 10^9, not {header[:40]!r}",
+            "invalid_sample_index",
+        )
+    return int(value)
 
 
 def cache_mode(cache_control: str) -> CacheMode:
@@ -208,4 +225,7 @@ def _too_large(limit: int) -> GatewayError:
 
 
 def _headers(call: Call, served: str) -> dict[str, str]:
-    return {"X-Cache": served, "X-Record-Key": call.key, "X-Run-Id": call.run_id}
+    headers = {"X-Cache": served, "X-Record-Key": call.key, "X-Run-Id": call.run_id}
+    if call.sample is not None:
+        headers["X-Sample-Index"] = str(call.sample)
+    return headers

@@ -17,19 +17,21 @@ import logging
 import sqlite3
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import orjson
 
 from cache.index import ResponseIndex
+from cache.keys import sample_key
 from cache.records import RECORD_SCHEMA, RecordWriteError, RecordWriter
 from cache.validity import invalid_reason
 from gateway.config import ModelConfig
 from gateway.errors import GatewayError
 from gateway.metrics import Metrics
 from gateway.pricing import Costs
-from gateway.singleflight import SingleFlight
+from gateway.samples import SampleLedger
+from gateway.singleflight import Feed, SingleFlight
 from gateway.streaming import DONE, StreamAssembler, replay_events, sse_event
 from gateway.upstream import Attempts, Upstream, invalid_answer
 
@@ -53,6 +55,9 @@ class Call:
     cache_mode: CacheMode = "use"
     stream: bool = False
     task: str | None = None  # for reports: X-Task, else the request's metadata.task
+    sample: int | None = None  # which sample of a sampling request this is (gateway.samples)
+    sample_of: str | None = None  # the key of the request it samples; ``key`` is that sample's own
+    sample_pinned: bool = False  # named by X-Sample-Index rather than taken in turn
 
     def upstream_body(self) -> dict[str, Any] | None:
         """The body as sent upstream: the configured upstream model, usage always on streams."""
@@ -92,6 +97,23 @@ class Pipeline:
         self.costs = costs if costs is not None else Costs(u.model for u in upstreams.values())
         self.metrics = metrics if metrics is not None else Metrics()
         self.flights: SingleFlight[Answer] = SingleFlight()
+        self.feeds: dict[str, Feed[Any]] = {}  # the events of streamed flights, for their followers
+        self.samples = SampleLedger(records.cache_dir)
+
+    async def sample(self, call: Call, pinned: int | None = None) -> Call:
+        """``call`` as one sample of itself: the ``pinned`` one, else the run's next in turn."""
+        if pinned is None:
+            index = await self.samples.take(call.run_id, call.key)
+        else:
+            index = pinned
+            await self.samples.pin(call.run_id, call.key, index)
+        return replace(
+            call,
+            key=sample_key(call.key, index),
+            sample=index,
+            sample_of=call.key,
+            sample_pinned=pinned is not None,
+        )
 
     # -- plain answers ---------------------------------------------------------
 
@@ -160,39 +182,62 @@ class Pipeline:
         """How a streaming call is served, and its server-sent events.
 
         Raises before the first event when nothing can be sent, so the client
-        gets a plain error response instead of a broken stream.
+        gets a plain error response instead of a broken stream. A streaming
+        call identical to one already streaming reads along with it, event by
+        event as they arrive.
         """
-        include_usage = bool((call.body or {}).get("stream_options", {}).get("include_usage"))
+        include_usage = _include_usage(call.body)
         chat = call.endpoint.endswith("/chat/completions")
-        if call.cache_mode == "use" or self.flights.join(call.key) is not None:
-            started = time.time()
-            cached = (
-                (await self.index.aget(call.key) or self.index.recent(call.key))
-                if call.cache_mode == "use"
-                else None
-            )
+        started = time.time()
+        if call.cache_mode == "use":
+            cached = await self.index.aget(call.key) or self.index.recent(call.key)
             if cached is not None:
                 await self._record(call, "hit", started, body=cached)
                 return "hit", _aiter(replay_events(orjson.loads(cached), chat, include_usage))
-            flight = self.flights.join(call.key)
-            if flight is not None:
-                answer = await self._follow(call, flight, started)
-                events = replay_events(orjson.loads(answer.body), chat, include_usage)
-                return "coalesced", _aiter(events)
-        queue: asyncio.Queue[Any] = asyncio.Queue()
-        work = lambda: self._fetch_stream(call, queue, chat, include_usage)  # noqa: E731
+        if call.cache_mode != "bypass" and (flight := self.flights.join(call.key)) is not None:
+            feed = self.feeds.get(call.key)
+            if feed is not None:  # a streamed call for it is under way
+                return "coalesced", await _started(
+                    self._read_along(call, feed, flight, started, include_usage)
+                )
+            answer = await self._follow(call, flight, started)  # a plain call for it is under way
+            return "coalesced", _aiter(replay_events(orjson.loads(answer.body), chat, include_usage))
+        feed = Feed()
+        work = lambda: self._fetch_stream(call, feed, chat)  # noqa: E731
         if call.cache_mode == "bypass":
-            asyncio.ensure_future(work())
+            task = asyncio.ensure_future(work())
         else:
-            self.flights.start(call.key, work)
-        first = await queue.get()
-        if isinstance(first, GatewayError):
-            raise first
-        return "miss", _drain(first, queue)
+            task = self.flights.start(call.key, work)
+            self.feeds[call.key] = feed
+            task.add_done_callback(lambda _: self._forget_feed(call.key, feed))
+        task.add_done_callback(_retrieved)  # its failure reaches every client through the feed
+        return "miss", await _started(_read_own(feed, include_usage))
 
-    async def _fetch_stream(
-        self, call: Call, queue: asyncio.Queue[Any], chat: bool, include_usage: bool
-    ) -> Answer:
+    def _forget_feed(self, key: str, feed: Feed[Any]) -> None:
+        if self.feeds.get(key) is feed:
+            del self.feeds[key]
+
+    async def _read_along(
+        self, call: Call, feed: Feed[Any], flight: asyncio.Future[Answer], started: float, include_usage: bool
+    ) -> AsyncIterator[bytes]:
+        """A follower's events: the leader's as they arrive, then its own record, then the end."""
+        sent = False
+        async for item in feed.read():
+            if item is _END or isinstance(item, GatewayError):
+                break
+            if item.chunk.get("choices") or include_usage:
+                sent = True
+                yield sse_event(item.payload)
+        try:
+            await self._follow(call, flight, started)  # our own record, before the end is sent
+        except GatewayError as exc:
+            if not sent:
+                raise
+            yield sse_event(orjson.dumps(exc.payload()))
+            return
+        yield DONE
+
+    async def _fetch_stream(self, call: Call, feed: Feed[Any], chat: bool) -> Answer:
         started, started_monotonic = time.time(), time.monotonic()
         request = call.upstream_body()
         assert request is not None
@@ -202,29 +247,27 @@ class Pipeline:
         try:
             async for event in upstream.stream(call.endpoint, request, attempts):
                 assembler.add(event.chunk)
-                if event.chunk.get("choices") or include_usage:
-                    queue.put_nowait(sse_event(event.payload))
+                feed.put(event)
             data = assembler.response()
             reason = assembler.incomplete_reason() or invalid_reason(call.endpoint, data)
             if reason is not None:  # a stream that never finished its answer is not one
                 incomplete = invalid_answer(call.endpoint, reason)
                 attempts.failed(incomplete, started_monotonic, orjson.dumps(data))
                 raise incomplete
-        except Exception as exc:  # whatever it is, the waiting client must hear of it
+        except Exception as exc:  # whatever it is, the waiting clients must hear of it
             error = _as_gateway_error(exc)
             try:
                 await self._record(call, "miss", started, error=error, request=request, attempts=attempts)
             finally:  # only now: a client told of the failure may ask again at once
-                queue.put_nowait(error)
+                feed.put(error)
             raise error from exc
         body = orjson.dumps(data)
         try:
             await self._store(call, "miss", started, body, request, attempts, data)
         except GatewayError as exc:  # not recorded: the stream must not end as if it were
-            queue.put_nowait(exc)
+            feed.put(exc)
             raise
-        queue.put_nowait(DONE)
-        queue.put_nowait(_END)
+        feed.put(_END)
         return Answer(body, "miss")
 
     # -- records ---------------------------------------------------------------
@@ -266,8 +309,17 @@ class Pipeline:
             "error": error.payload()["error"] if error is not None else None,
             "task": call.task,
             "ttft_ms": attempts.ttft_ms(started) if attempts else None,
+            "sample": call.sample,
+            "sample_of": call.sample_of,
         }
         record.update(self.costs.of(call.model, record, response))
+        if (
+            error is not None
+            and call.sample_of is not None
+            and call.sample is not None
+            and not call.sample_pinned
+        ):
+            self.samples.give_back(call.run_id, call.sample_of, call.sample)  # the retry asks for it again
         try:
             await self.records.append(call.run_id, record)
         except RecordWriteError as exc:
@@ -293,11 +345,41 @@ async def _aiter(events: list[bytes]) -> AsyncIterator[bytes]:
         yield event
 
 
-async def _drain(first: bytes, queue: asyncio.Queue[Any]) -> AsyncIterator[bytes]:
-    item: Any = first
-    while item is not _END:
+async def _read_own(feed: Feed[Any], include_usage: bool) -> AsyncIterator[bytes]:
+    """The leader's events; a failure before the first one is raised, later ones end the stream."""
+    sent = False
+    async for item in feed.read():
+        if item is _END:
+            yield DONE
+            return
         if isinstance(item, GatewayError):
+            if not sent:
+                raise item
             yield sse_event(orjson.dumps(item.payload()))
             return
-        yield item
-        item = await queue.get()
+        if item.chunk.get("choices") or include_usage:
+            sent = True
+            yield sse_event(item.payload)
+
+
+async def _started(events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """``events`` once its first one is there: what fails before it raises here, not mid-stream."""
+    first = await anext(events)
+    return _chain(first, events)
+
+
+async def _chain(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    yield first
+    async for event in rest:
+        yield event
+
+
+def _retrieved(task: asyncio.Future[Any]) -> None:
+    """Mark a detached flight's failure as seen: its clients heard of it through the feed."""
+    if not task.cancelled():
+        task.exception()
+
+
+def _include_usage(body: dict[str, Any] | None) -> bool:
+    options = (body or {}).get("stream_options")
+    return isinstance(options, dict) and bool(options.get("include_usage"))

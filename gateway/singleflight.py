@@ -1,9 +1,9 @@
-"""Single-flight: identical requests in flight at the same time share one upstream call."""
+"""Single-flight: identical requests in flight at the same time share one upstream call (and its events)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -36,3 +36,31 @@ class SingleFlight(Generic[T]):
 
     def __len__(self) -> int:
         return len(self._flights)
+
+
+class Feed(Generic[T]):
+    """The items of one streamed flight, for every reader: each reads from the start, then live.
+
+    A streamed call's leader and its followers all read the same feed, so a
+    follower's first event arrives when the leader's does, not after the
+    whole answer. Items are kept until the flight ends (one answer's events).
+    """
+
+    def __init__(self) -> None:
+        self.items: list[T] = []
+        self._grown = asyncio.Event()
+
+    def put(self, item: T) -> None:
+        """Append ``item`` and wake every reader waiting for it."""
+        self.items.append(item)
+        self._grown.set()
+        self._grown = asyncio.Event()
+
+    async def read(self) -> AsyncIterator[T]:
+        """Every item, from the first; waits for the next one until the reader stops."""
+        position = 0
+        while True:
+            while position >= len(self.items):
+                await self._grown.wait()
+            yield self.items[position]
+            position += 1

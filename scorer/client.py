@@ -81,7 +81,9 @@ class GatewayClient:
         params: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         """One request, retried on 502/503/504 and dropped connections; its key checked."""
-        headers = {"Content-Type": "application/json"} if data is not None else None
+        # Every POST pins sample 0: a sampling request's key then never depends on arrival order
+        # (the gateway ignores the header for requests that do not sample).
+        headers = {"Content-Type": "application/json", "X-Sample-Index": "0"} if data is not None else None
         last = ""
         for attempt in range(self.attempts):
             try:

@@ -16,7 +16,8 @@ same cache entries. Choices that decide the bytes, all from lm-eval 0.4.x:
   ``context + continuation`` after the context's own ids.
 
 ``repeats: n`` asks for ``n`` choices in one request (``"n": n``) so that
-samples are one cache entry, not ``n`` identical keys.
+samples are one cache entry, not ``n`` identical keys; every request is sent
+with ``X-Sample-Index: 0``, so a sampling one is keyed as sample 0.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import copy
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
-from cache.keys import KeySplice, canonical_fields, request_key
+from cache.keys import KeySplice, canonical_fields, is_sampled, request_key, sample_key
 from scorer.tasks import TaskConfig
 from scorer.tokenizer import Tokenizer
 
@@ -64,6 +65,15 @@ class ModelSettings:
     namespace: str  # the model's cache namespace, which keys name it by
     seed: int = 1234
     gen_kwargs: dict[str, Any] | None = None  # --gen-kwargs: override the task's
+
+
+def _sample_zero(key: str, endpoint: str, fields: dict[str, Any]) -> str:
+    """The key the gateway gives a request sent with ``X-Sample-Index: 0`` (as the scorer sends all).
+
+    A sampling request's ``n`` choices (``repeats``) are one draw of the
+    request: pinning it to sample 0 keeps its key independent of arrival order.
+    """
+    return sample_key(key, 0) if is_sampled(endpoint, fields) else key
 
 
 class RequestBuilder:
@@ -127,9 +137,12 @@ class RequestBuilder:
         endpoint, fields, splice, truncate_for = self._generate
         if endpoint == CHAT:
             messages = [{"role": "user", "content": context}]
-            return Request(splice.key(messages), CHAT, {"messages": messages, **fields})
+            return Request(
+                _sample_zero(splice.key(messages), CHAT, fields), CHAT, {"messages": messages, **fields}
+            )
         prompt = [self.tokenizer.encode(context)[-(self.max_length - truncate_for) :]]
-        return Request(splice.key(prompt), COMPLETIONS, {"prompt": prompt, **fields})
+        key = _sample_zero(splice.key(prompt), COMPLETIONS, fields)
+        return Request(key, COMPLETIONS, {"prompt": prompt, **fields})
 
     def texts(self, ask: Ask) -> list[str]:
         """The texts building ``ask``'s requests tokenizes."""

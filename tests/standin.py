@@ -23,6 +23,7 @@ class Fault:
 
     # "status" | "hang" | "drop" | "invalid_json" | "torn_stream"
     # | "body" (a 200 carrying ``body`` as JSON) | "events" (a 200 stream of ``events``, then [DONE])
+    # | "held_stream" (a stream whose first event comes at once, the rest once ``released`` is set)
     kind: str
     status: int = 500
     message: str = "scripted failure"
@@ -106,6 +107,9 @@ class StandIn:
             return web.Response(body=orjson.dumps(fault.body), content_type="application/json")
         if fault.kind == "events":
             return await self._events(request, [orjson.dumps(e) for e in fault.events])
+        if fault.kind == "held_stream":  # the first event at once, the rest once a test releases it
+            first, last = stream_chunks(prompt, chat)
+            return await self._events(request, [orjson.dumps(first), orjson.dumps(last)], hold_after=1)
         if fault.kind == "status":
             error = {"error": {"message": fault.message, "type": "scripted", "code": None}}
             return web.Response(
@@ -141,10 +145,14 @@ class StandIn:
             return response
         return await self._events(request, [orjson.dumps(first), orjson.dumps(last)])
 
-    async def _events(self, request: web.Request, payloads: list[bytes]) -> web.StreamResponse:
+    async def _events(
+        self, request: web.Request, payloads: list[bytes], hold_after: int | None = None
+    ) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
-        for payload in payloads:
+        for number, payload in enumerate(payloads):
+            if number == hold_after:
+                await self.released.wait()
             await response.write(b"data: " + payload + b"\n\n")
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()

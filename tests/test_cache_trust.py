@@ -22,8 +22,13 @@ from gateway.app import PIPELINE
 from tests.conftest import GatewayFactory, RunningGateway, model_yaml
 from tests.standin import Fault, StandIn, completion_body, stream_chunks
 
-TEXT = {"model": "standin", "prompt": "hello", "max_tokens": 4}
-CHAT = {"model": "standin", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+TEXT = {"model": "standin", "prompt": "hello", "max_tokens": 4, "temperature": 0}
+CHAT = {
+    "model": "standin",
+    "messages": [{"role": "user", "content": "hi"}],
+    "max_tokens": 4,
+    "temperature": 0,
+}
 ERROR = {"error": {"message": "model overloaded", "type": "server_error", "code": 500}}
 
 
@@ -219,7 +224,12 @@ async def test_streamed_tool_calls_are_stored_as_whole_calls_the_way_the_openai_
     standin.script = [Fault("events", events=TOOL_EVENTS)]
     client = AsyncOpenAI(base_url=trusting.url + "/v1", api_key="unused", max_retries=0)
     tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
-    request: dict[str, Any] = {"model": "standin", "messages": CHAT["messages"], "tools": tools}
+    request: dict[str, Any] = {
+        "model": "standin",
+        "messages": CHAT["messages"],
+        "tools": tools,
+        "temperature": 0,
+    }
     async with client.chat.completions.stream(**request) as stream:
         live = await stream.get_final_completion()  # the SDK's own accumulation of the miss
     expected = [

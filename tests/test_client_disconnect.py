@@ -18,7 +18,7 @@ from tests.conftest import model_yaml
 from tests.processes import until
 from tests.standin import Fault, StandIn
 
-BODY = {"model": "standin", "prompt": "slow question", "max_tokens": 4}
+BODY = {"model": "standin", "prompt": "slow question", "max_tokens": 4, "temperature": 0}
 RUN = "hangup"
 
 

@@ -29,8 +29,9 @@ def request_of(prompt: str) -> tuple[str, dict]:
             "model": "standin",
             "messages": [{"role": "user", "content": prompt}],
             "max_tokens": 8,
+            "temperature": 0,
         }
-    return "/completions", {"model": "standin", "prompt": prompt, "max_tokens": 8}
+    return "/completions", {"model": "standin", "prompt": prompt, "max_tokens": 8, "temperature": 0}
 
 
 def standin_name(prompt: str) -> str:

@@ -115,7 +115,8 @@ async def test_a_salt_draws_a_separate_entry(gateway: RunningGateway, relay: Cou
     body = {**COMPLETION, "temperature": 1.0, "prompt": "Roll a die:"}
     a = await gateway.post("/v1/completions", body, headers={"X-Cache-Salt": "a"})
     b = await gateway.post("/v1/completions", body, headers={"X-Cache-Salt": "b"})
-    a_again = await gateway.post("/v1/completions", body, headers={"X-Cache-Salt": "a"})
+    # Another run replays salt a's first sample (in the same run it would be a second draw).
+    a_again = await gateway.post("/runs/replay/v1/completions", body, headers={"X-Cache-Salt": "a"})
     assert a.headers["X-Record-Key"] != b.headers["X-Record-Key"]
     assert [a.headers["X-Cache"], b.headers["X-Cache"], a_again.headers["X-Cache"]] == ["miss", "miss", "hit"]
     assert relay.calls["/v1/completions"] == 2

@@ -15,7 +15,7 @@ from tests.conftest import GatewayFactory, RunningGateway, model_yaml
 from tests.standin import Fault, StandIn
 from tests.upstreams import free_port
 
-BODY = {"model": "standin", "prompt": "hello", "max_tokens": 4}
+BODY = {"model": "standin", "prompt": "hello", "max_tokens": 4, "temperature": 0}
 
 
 @pytest.fixture

@@ -59,7 +59,12 @@ async def mixed(relay: CountingRelay, standin: StandIn, make_gateway: GatewayFac
 async def test_metrics_counters_equal_the_counts_in_the_run_records(
     mixed: RunningGateway, relay: CountingRelay, standin: StandIn
 ) -> None:
-    chat = {"model": "smollm2", "messages": [{"role": "user", "content": "Name a fruit."}], "max_tokens": 6}
+    chat = {
+        "model": "smollm2",
+        "messages": [{"role": "user", "content": "Name a fruit."}],
+        "max_tokens": 6,
+        "temperature": 0,
+    }
     for run in ("m-a", "m-b"):
         for prompt in ("One", "Two"):
             body = {"model": "smollm2", "prompt": f"{prompt} {run}", "max_tokens": 5, "temperature": 0}
@@ -74,7 +79,9 @@ async def test_metrics_counters_equal_the_counts_in_the_run_records(
     statuses = []
     for prompt, faults in (("retried", [500]), ("refused", [400]), ("exhausted", [503, 503]), ("fine", [])):
         standin.script = [Fault("status", status) for status in faults]
-        response = await mixed.post("/runs/m-a/v1/completions", {"model": "standin", "prompt": prompt})
+        response = await mixed.post(
+            "/runs/m-a/v1/completions", {"model": "standin", "prompt": prompt, "temperature": 0}
+        )
         statuses.append(response.status)
     assert statuses == [200, 400, 503, 200]
 
@@ -161,7 +168,7 @@ async def test_usage_an_upstream_omits_is_counted_and_marked(make_gateway: Gatew
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     try:
         gateway = await make_gateway(model_yaml(f"http://127.0.0.1:{port}/v1", name="plain", cost=PRICE))
-        body = {"model": "plain", "prompt": "a prompt of some length"}
+        body = {"model": "plain", "prompt": "a prompt of some length", "temperature": 0}
         response = await gateway.post("/v1/completions", body)
         assert response.status == 200
     finally:

@@ -33,7 +33,7 @@ async def standin() -> AsyncIterator[StandInProcess]:
 
 
 async def post(session: aiohttp.ClientSession, url: str, prompt: str) -> tuple[int, str, str, bytes]:
-    body = {"model": "standin", "prompt": prompt, "max_tokens": 8}
+    body = {"model": "standin", "prompt": prompt, "max_tokens": 8, "temperature": 0}
     async with session.post(f"{url}/runs/{RUN}/v1/completions", json=body) as response:
         data = await response.read()
         headers = response.headers

@@ -12,7 +12,7 @@ from tests.conftest import GatewayFactory, RunningGateway, model_yaml
 from tests.standin import Fault, StandIn
 from tests.upstreams import CountingRelay
 
-BODY = {"model": "standin", "prompt": "hello", "max_tokens": 4}
+BODY = {"model": "standin", "prompt": "hello", "max_tokens": 4, "temperature": 0}
 FAST_RETRIES = "{attempts: 3, initial_s: 0.01, max_s: 0.05}"
 
 
