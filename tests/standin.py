@@ -2,7 +2,8 @@
 
 Each request takes the next fault from a script (a list), then falls back to a
 normal answer. Faults: an error status with a message, a hang past the
-client's timeout, a connection dropped mid-body, invalid JSON, a torn event stream.
+client's timeout, a connection dropped mid-body, invalid JSON, a torn event stream,
+or a normal answer sent with hostile headers ("ok" with ``headers``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from aiohttp import web
 class Fault:
     """One scripted misbehaviour."""
 
-    kind: str  # "status" | "hang" | "drop" | "invalid_json" | "torn_stream"
+    kind: str  # "status" | "ok" | "hang" | "drop" | "invalid_json" | "torn_stream"
     status: int = 500
     message: str = "scripted failure"
     headers: dict[str, str] = field(default_factory=dict)
@@ -96,6 +97,9 @@ class StandIn:
                 content_type="application/json",
                 headers=fault.headers,
             )
+        if fault.kind == "ok":  # a good answer; only its headers misbehave
+            body_bytes = orjson.dumps(completion_body(prompt))
+            return web.Response(body=body_bytes, content_type="application/json", headers=fault.headers)
         if fault.kind == "hang":
             await self.released.wait()
             return web.Response(body=orjson.dumps(completion_body(prompt)), content_type="application/json")
