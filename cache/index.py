@@ -16,7 +16,7 @@ import asyncio
 import sqlite3
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -197,22 +197,52 @@ def indexable(record: dict[str, Any]) -> bool:
 
 
 def rebuild_index(cache_dir: Path, report: ReadReport | None = None) -> int:
-    """Recreate the index from every run's records; returns the entries written.
+    """Recreate the index from every run's records; returns the entries written (one per key).
 
-    Shards of all runs are read oldest first (their names start with the
-    writer's start time), so a refreshed (``no-cache``) answer replaces the
-    one it refreshed.
+    The latest answer wins: for each key, the indexable record with the
+    greatest ``ts_end`` (when it was recorded), ties going to the later shard
+    by name, then the later line. Replaying shards in order alone would let a
+    newer process's stale miss undo an older process's ``no-cache`` refresh.
+
+    Two passes keep memory bounded by the number of keys, never their bodies:
+    the first finds each key's winner as (time, shard, ordinal), the second
+    re-reads the shards and stores only the winners. (Lines appended while it
+    runs keep earlier ordinals where they were, so a live writer is harmless.)
     """
     shards = [p for run_id in list_runs(cache_dir) for p in shard_paths(run_dir(cache_dir, run_id))]
     shards.sort(key=lambda p: p.name)
+    winners: dict[str, tuple[float, int, int]] = {}
+    for shard_number, ordinal, record in _indexable_records(shards, report):
+        position = (_recorded_at(record), shard_number, ordinal)
+        key = record["key"]
+        if key not in winners or position > winners[key]:
+            winners[key] = position
+    chosen = {(shard, ordinal) for _, shard, ordinal in winners.values()}
     index = ResponseIndex(cache_dir)
     try:
         index.clear()
-        written = 0
-        for record in read_records(shards, report):
-            if indexable(record):
+        for shard_number, ordinal, record in _indexable_records(shards, None):
+            if (shard_number, ordinal) in chosen:
                 index.set(record["key"], orjson.dumps(record["response"]))
-                written += 1
-        return written
+        return len(winners)
     finally:
         index.close()
+
+
+def _indexable_records(
+    shards: list[Path], report: ReadReport | None
+) -> Iterator[tuple[int, int, dict[str, Any]]]:
+    """(shard number, ordinal of the record in its shard, record) for each indexable record."""
+    for shard_number, shard in enumerate(shards):
+        for ordinal, record in enumerate(read_records([shard], report)):
+            if indexable(record):
+                yield shard_number, ordinal, record
+
+
+def _recorded_at(record: dict[str, Any]) -> float:
+    """When the record's answer came back (``ts_end``, else ``ts``); 0 for records that say neither."""
+    for field in ("ts_end", "ts"):
+        value = record.get(field)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    return 0.0
