@@ -19,15 +19,25 @@ every line appended during one turn of the event loop goes out in one
 costs microseconds), and fsync, which can take milliseconds, runs in a thread
 so the loop never waits on the disk. A crash can tear only the last line of a
 shard; :func:`read_records` skips it and reports it.
+
+A writer keeps at most ``max_open`` shards open (by default a quarter of the
+process's open-file limit, at most 256), closing the least recently written
+when it needs another, and closes more of them when the process runs out of
+descriptors, so thousands of run-ids cannot starve sockets. Closing a shard
+never weakens the promises above: the fsync thread syncs it before closing it,
+and only then can its descriptor number be reused.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
+import resource
 import socket
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +49,16 @@ from cache.runs import run_dir
 
 FsyncPolicy = Literal["always", "interval", "never"]
 RECORD_SCHEMA = 1
+MAX_OPEN_SHARDS = 256
+_OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE)
+
+
+def default_max_open() -> int:
+    """Open shards a writer may keep: a quarter of the soft open-file limit, from 4 to ``MAX_OPEN_SHARDS``."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return MAX_OPEN_SHARDS
+    return max(4, min(MAX_OPEN_SHARDS, soft // 4))
 
 
 class RecordWriteError(OSError):
@@ -57,13 +77,15 @@ class RecordWriter:
         fsync: FsyncPolicy = "interval",
         fsync_interval: float = 1.0,
         scrub: Callable[[bytes], bytes] | None = None,
+        max_open: int | None = None,
     ) -> None:
         self.cache_dir = cache_dir
         self._scrub = scrub
         self.fsync = fsync
         self.fsync_interval = fsync_interval
+        self.max_open = max(1, max_open if max_open is not None else default_max_open())
         self._shard_name = f"{int(time.time() * 1000)}-{socket.gethostname()}-{os.getpid()}.jsonl"
-        self._files: dict[str, int] = {}
+        self._files: OrderedDict[str, int] = OrderedDict()  # least recently written first
         self._pending: list[Pending] = []
         self._syncer = _Syncer(fsync_interval) if fsync != "never" else None
 
@@ -88,29 +110,30 @@ class RecordWriter:
         by_run: dict[str, list[Pending]] = {}
         for item in batch:
             by_run.setdefault(item[0], []).append(item)
-        written: list[int] = []
+        loop = batch[0][2].get_loop()
+        written = False
         for run_id, items in by_run.items():
             try:
-                written.append(self._write(run_id, b"".join(line for _, line, _ in items)))
+                fd = self._write(run_id, b"".join(line for _, line, _ in items))
             except OSError as exc:
                 error = RecordWriteError(exc.errno, f"cannot write run record: {exc.strerror}")
                 for _, _, done in items:
                     if not done.done():
                         done.set_exception(error)
                 continue
+            written = True
+            if self._syncer is not None:  # dirty now, before a later shard of this turn can retire it
+                self._syncer.mark([fd], [], loop)
             if self.fsync != "always":
                 _settle([done for _, _, done in items])
-        if self._syncer is not None and written:
-            acks = [d for _, _, d in batch if not d.done()] if self.fsync == "always" else []
-            self._syncer.mark(written, acks, batch[0][2].get_loop())
+        if self._syncer is not None and written and self.fsync == "always":
+            self._syncer.mark([], [d for _, _, d in batch if not d.done()], loop)
 
     def _write(self, run_id: str, data: bytes) -> int:
         fd = self._files.get(run_id)
         if fd is None:
-            path = self.shard_path(run_id)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-            self._files[run_id] = fd
+            fd = self._open(run_id)
+        self._files.move_to_end(run_id)
         size = os.fstat(fd).st_size
         view = memoryview(data)
         try:
@@ -120,6 +143,40 @@ class RecordWriter:
             os.ftruncate(fd, size)  # one writer per shard: cutting back is safe
             raise
         return fd
+
+    def _open(self, run_id: str) -> int:
+        """Open ``run_id``'s shard, closing the least recently written ones to stay within bounds."""
+        path = self.shard_path(run_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        while len(self._files) >= self.max_open:
+            _, fd = self._files.popitem(last=False)
+            if self._syncer is not None:
+                self._syncer.retire(fd)  # synced, then closed, by the thread that may still sync it
+            else:
+                os.close(fd)
+        try:
+            return self._open_file(run_id, path)
+        except OSError as exc:
+            if exc.errno not in _OUT_OF_DESCRIPTORS or not self._files:
+                raise
+        # Sockets (or others) took the descriptors: give back half of ours at once, then try again.
+        freed = [self._files.popitem(last=False)[1] for _ in range((len(self._files) + 1) // 2)]
+        if self._syncer is not None:
+            self._syncer.close_now(freed)
+        else:
+            for fd in freed:
+                os.close(fd)
+        return self._open_file(run_id, path)
+
+    def _open_file(self, run_id: str, path: Path) -> int:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self._files[run_id] = fd
+        return fd
+
+    @property
+    def open_shards(self) -> int:
+        """Shards this writer holds open now (those being synced before closing not counted)."""
+        return len(self._files)
 
     def close(self) -> None:
         """Write what is pending, fsync and close every shard. Idempotent."""
@@ -145,13 +202,21 @@ def _settle(futures: list[asyncio.Future[None]], error: BaseException | None = N
 
 
 class _Syncer:
-    """A thread that fsyncs written shards: at once for waiting acks, else within an interval."""
+    """A thread that fsyncs written shards: at once for waiting acks, else within an interval.
+
+    It also closes the shards the writer retires (:meth:`retire`), after
+    syncing them: a descriptor it may still sync is never closed under it, so
+    its number cannot be reused by another file before that sync.
+    """
 
     def __init__(self, interval: float) -> None:
         self.interval = interval
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards the sets and lists below
+        self._io = threading.Lock()  # held while descriptors taken from them are synced or closed
         self._dirty: set[int] = set()
+        self._retired: set[int] = set()
         self._acks: list[tuple[asyncio.AbstractEventLoop, list[asyncio.Future[None]]]] = []
+        self._carried: RecordWriteError | None = None  # a failed sync in close_now, for the next acks
         self._wake = threading.Event()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="record-fsync", daemon=True)
@@ -164,20 +229,47 @@ class _Syncer:
                 self._acks.append((loop, acks))
                 self._wake.set()
 
+    def retire(self, fd: int) -> None:
+        """The writer is done with ``fd``: sync it (if it was written) and close it, soon."""
+        with self._lock:
+            self._retired.add(fd)
+        self._wake.set()  # close promptly: the writer wants the descriptor back
+
+    def close_now(self, fds: list[int]) -> None:
+        """Sync (if written) and close ``fds`` before returning: the process is out of descriptors.
+
+        Blocks the caller for at most the thread's current round plus these syncs.
+        """
+        with self._io, self._lock:
+            dirty = self._dirty.intersection(fds)
+            self._dirty.difference_update(fds)
+            for fd in fds:
+                try:
+                    if fd in dirty:
+                        os.fsync(fd)
+                except OSError as exc:  # told to whoever waits for the next sync
+                    self._carried = RecordWriteError(exc.errno, f"cannot sync run record: {exc.strerror}")
+                finally:
+                    os.close(fd)
+
     def _run(self) -> None:
         while True:
             self._wake.wait(self.interval)
             self._wake.clear()
-            with self._lock:
-                dirty, self._dirty = self._dirty, set()
-                acks, self._acks = self._acks, []
-                stopping = self._stopping
-            error: RecordWriteError | None = None
-            for fd in dirty:
-                try:
-                    os.fsync(fd)
-                except OSError as exc:  # the disk failed: whoever waits for this sync hears so
-                    error = RecordWriteError(exc.errno, f"cannot sync run record: {exc.strerror}")
+            with self._io:
+                with self._lock:
+                    dirty, self._dirty = self._dirty, set()
+                    retired, self._retired = self._retired, set()
+                    acks, self._acks = self._acks, []
+                    error, self._carried = self._carried, None
+                    stopping = self._stopping
+                for fd in dirty:
+                    try:
+                        os.fsync(fd)
+                    except OSError as exc:  # the disk failed: whoever waits for this sync hears so
+                        error = RecordWriteError(exc.errno, f"cannot sync run record: {exc.strerror}")
+                for fd in retired:  # synced above if written since the last round
+                    os.close(fd)
             for loop, futures in acks:
                 loop.call_soon_threadsafe(_settle, futures, error)
             if stopping:
