@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import sys
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
@@ -29,6 +30,8 @@ from cache.runs import list_runs, run_dir
 
 # Keys per SQL query in :meth:`ResponseIndex.get_many` (SQLite's default limit on parameters is 999+).
 MANY_BATCH = 500
+# What one memory-tier entry costs beyond its body and key objects: its OrderedDict slot and link.
+_ENTRY_OVERHEAD = 104
 
 In = TypeVar("In")
 Out = TypeVar("Out")
@@ -126,12 +129,23 @@ class ResponseIndex:
     def _remember(self, key: str, body: bytes) -> None:
         if len(body) > self._memory_bytes // 8:
             return  # one huge body must not flush the tier
+        # A compact copy: orjson.dumps leaves its bytes in a buffer of 4 KiB or more
+        # (sys.getsizeof does not show it), so keeping the caller's object could
+        # cost many times the length counted here.
+        body = memoryview(body).tobytes()
         old = self._recent.pop(key, None)
-        self._recent_bytes += len(body) - (len(old) if old is not None else 0)
+        if old is not None:
+            self._recent_bytes -= _entry_cost(key, old)
         self._recent[key] = body
+        self._recent_bytes += _entry_cost(key, body)
         while self._recent_bytes > self._memory_bytes:
-            _, evicted = self._recent.popitem(last=False)
-            self._recent_bytes -= len(evicted)
+            evicted_key, evicted = self._recent.popitem(last=False)
+            self._recent_bytes -= _entry_cost(evicted_key, evicted)
+
+    @property
+    def memory_tier_bytes(self) -> int:
+        """What the memory tier's entries cost, by ``sys.getsizeof`` of key and body plus slot overhead."""
+        return self._recent_bytes
 
     def __len__(self) -> int:
         return len(self._cache)
@@ -184,6 +198,10 @@ def _deliver(batch: list[tuple[Any, asyncio.Future[Any]]], finished: asyncio.Fut
             done.set_result(result)
         else:
             done.set_exception(error)
+
+
+def _entry_cost(key: str, body: bytes) -> int:
+    return sys.getsizeof(key) + sys.getsizeof(body) + _ENTRY_OVERHEAD
 
 
 def indexable(record: dict[str, Any]) -> bool:

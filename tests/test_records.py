@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+import tracemalloc
 from pathlib import Path
 
 import orjson
@@ -177,3 +179,23 @@ def test_keys_ignore_delivery_fields_and_integral_floats() -> None:
         "/v1/completions", "m", {**base, "seed": 1}
     )
     assert request_key("/v1/completions", "m", base) != request_key("/v1/completions", "m", base, salt="s")
+
+
+async def test_the_memory_tier_holds_no_more_real_memory_than_its_budget(tmp_path: Path) -> None:
+    budget = 256 * 1024
+    index = ResponseIndex(tmp_path, memory_bytes=budget)
+    try:
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            for i in range(4000):  # small answers, as orjson writes them: in 4 KiB buffers
+                await index.aset(f"k{i}", orjson.dumps({"text": f"answer {i}"}))
+            gc.collect()
+            held = tracemalloc.get_traced_memory()[0] - before
+        finally:
+            tracemalloc.stop()
+        assert index.memory_tier_bytes <= budget
+        assert held <= budget * 1.5, f"the tier counts {index.memory_tier_bytes} bytes but holds {held}"
+        assert index.recent("k3999") == orjson.dumps({"text": "answer 3999"})
+    finally:
+        index.close()
