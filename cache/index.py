@@ -252,7 +252,8 @@ def _indexable_records(
 ) -> Iterator[tuple[int, int, dict[str, Any]]]:
     """(shard number, ordinal of the record in its shard, record) for each indexable record."""
     for shard_number, shard in enumerate(shards):
-        for ordinal, record in enumerate(read_records([shard], report)):
+        # Hits (the only records that refer to a body) are never indexed: nothing to resolve.
+        for ordinal, record in enumerate(read_records([shard], report, resolve_refs=False)):
             if indexable(record):
                 yield shard_number, ordinal, record
 

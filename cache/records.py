@@ -12,6 +12,17 @@ Durability, as promised to callers of :meth:`RecordWriter.append`:
   and the shard is cut back to where it was, so no fragment is left to glue
   onto the next line.
 
+A hit does not copy a body its run already holds. When ``append`` is given
+the body (``body=``) of a ``hit`` or ``coalesced`` record and this writer has
+already written a record with the same key and the same body bytes to this
+run's shard, the line carries ``"response": null`` and ``"response_ref": "<key>"``
+instead: its response is that of the nearest earlier line *of the same shard*
+with that key and a non-null ``response`` (so a run folder still stands on its
+own). Sameness is judged by length and Python's per-process salted 64-bit hash
+of the bytes (cached on the bytes object, so a body served from memory is
+hashed once). :func:`read_records` gives such lines their response back
+unless told not to (``resolve_refs=False``, for readers that never need it).
+
 Each process writes its own shard per run (``<start>-<host>-<pid>.jsonl``), so
 two gateways on one cache dir never interleave lines. Writes are group-committed:
 every line appended during one turn of the event loop goes out in one
@@ -50,6 +61,10 @@ from cache.runs import run_dir
 FsyncPolicy = Literal["always", "interval", "never"]
 RECORD_SCHEMA = 1
 MAX_OPEN_SHARDS = 256
+# Records that serve a body someone already paid for: these may refer to it instead of copying it.
+REFERABLE_SERVED = frozenset({"hit", "coalesced"})
+# Bodies a writer remembers (as hashes) to refer to: bounded, and forgetting only costs a copy.
+MAX_REMEMBERED_BODIES = 100_000
 _OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE)
 
 
@@ -86,6 +101,10 @@ class RecordWriter:
         self.max_open = max(1, max_open if max_open is not None else default_max_open())
         self._shard_name = f"{int(time.time() * 1000)}-{socket.gethostname()}-{os.getpid()}.jsonl"
         self._files: OrderedDict[str, int] = OrderedDict()  # least recently written first
+        self._bodies: dict[
+            str, dict[str, tuple[int, int]]
+        ] = {}  # run -> key -> body (length, hash) in its shard
+        self._remembered = 0
         self._pending: list[Pending] = []
         self._syncer = _Syncer(fsync_interval) if fsync != "never" else None
 
@@ -93,8 +112,14 @@ class RecordWriter:
         """The file this process appends ``run_id``'s records to."""
         return run_dir(self.cache_dir, run_id) / self._shard_name
 
-    async def append(self, run_id: str, record: dict[str, Any]) -> None:
-        """Write one record; returns once it is as durable as the fsync policy says."""
+    async def append(self, run_id: str, record: dict[str, Any], body: bytes | None = None) -> None:
+        """Write one record; returns once it is as durable as the fsync policy says.
+
+        ``body``: the bytes of the record's ``response``, when it has one; with
+        it, a hit of a body already in this run's shard refers to it by key.
+        """
+        if body is not None:
+            record = self._refer_or_remember(run_id, record, body)
         line = orjson.dumps(record) + b"\n"
         if self._scrub is not None:  # secrets an upstream echoed never reach the disk
             line = self._scrub(line)
@@ -104,6 +129,27 @@ class RecordWriter:
             loop.call_soon(self._commit)
         self._pending.append((run_id, line, done))
         await done
+
+    def _refer_or_remember(self, run_id: str, record: dict[str, Any], body: bytes) -> dict[str, Any]:
+        key = record.get("key")
+        if not isinstance(key, str) or record.get("response") is None:
+            return record
+        seen = self._bodies.setdefault(run_id, {})
+        fingerprint = (len(body), hash(body))
+        if record.get("served") in REFERABLE_SERVED and seen.get(key) == fingerprint:
+            return {**record, "response": None, "response_ref": key}
+        if key not in seen:
+            if self._remembered >= MAX_REMEMBERED_BODIES:
+                self._bodies.clear()  # start over: later hits copy their bodies until seen again
+                seen = self._bodies[run_id] = {}
+                self._remembered = 0
+            self._remembered += 1
+        seen[key] = fingerprint
+        return record
+
+    def _forget_bodies(self, run_id: str) -> None:
+        """After a failed write or a closed shard: refer to nothing the shard may not hold."""
+        self._remembered -= len(self._bodies.pop(run_id, {}))
 
     def _commit(self) -> None:
         batch, self._pending = self._pending, []
@@ -116,6 +162,7 @@ class RecordWriter:
             try:
                 fd = self._write(run_id, b"".join(line for _, line, _ in items))
             except OSError as exc:
+                self._forget_bodies(run_id)
                 error = RecordWriteError(exc.errno, f"cannot write run record: {exc.strerror}")
                 for _, _, done in items:
                     if not done.done():
@@ -149,7 +196,8 @@ class RecordWriter:
         path = self.shard_path(run_id)
         path.parent.mkdir(parents=True, exist_ok=True)
         while len(self._files) >= self.max_open:
-            _, fd = self._files.popitem(last=False)
+            retired, fd = self._files.popitem(last=False)
+            self._forget_bodies(retired)
             if self._syncer is not None:
                 self._syncer.retire(fd)  # synced, then closed, by the thread that may still sync it
             else:
@@ -160,7 +208,11 @@ class RecordWriter:
             if exc.errno not in _OUT_OF_DESCRIPTORS or not self._files:
                 raise
         # Sockets (or others) took the descriptors: give back half of ours at once, then try again.
-        freed = [self._files.popitem(last=False)[1] for _ in range((len(self._files) + 1) // 2)]
+        freed = []
+        for _ in range((len(self._files) + 1) // 2):
+            retired, fd = self._files.popitem(last=False)
+            self._forget_bodies(retired)
+            freed.append(fd)
         if self._syncer is not None:
             self._syncer.close_now(freed)
         else:
@@ -302,15 +354,24 @@ def shard_paths(directory: Path) -> list[Path]:
     return sorted(directory.glob("*.jsonl"))
 
 
-def read_records(paths: list[Path], report: ReadReport | None = None) -> Iterator[dict[str, Any]]:
+def read_records(
+    paths: list[Path], report: ReadReport | None = None, resolve_refs: bool = True
+) -> Iterator[dict[str, Any]]:
     """Stream the records of ``paths``, skipping (and reporting) lines a crash tore.
 
-    Memory stays bounded by one line: files are read line by line.
+    Memory stays bounded by one line: files are read line by line. With
+    ``resolve_refs`` (the default), a record with a ``response_ref`` gets the
+    response it refers to, read again from its line in the same shard (memory
+    grows by a byte offset per key there); readers that never look at hits'
+    responses pass False and skip that work.
     """
     report = report if report is not None else ReadReport()
     for path in paths:
         with path.open("rb") as handle:
+            bodies: dict[str, int] = {}  # key -> offset of the last line with its response
+            offset = 0
             for number, line in enumerate(handle, start=1):
+                start, offset = offset, offset + len(line)
                 try:
                     if not line.endswith(b"\n"):
                         raise ValueError("no newline: the write was cut short")
@@ -321,4 +382,18 @@ def read_records(paths: list[Path], report: ReadReport | None = None) -> Iterato
                     report.torn.append((path, number))
                     continue
                 report.lines += 1
+                if resolve_refs:
+                    _resolve(path, record, bodies, start)
                 yield record
+
+
+def _resolve(path: Path, record: dict[str, Any], bodies: dict[str, int], offset: int) -> None:
+    key = record.get("key")
+    if record.get("response") is not None and isinstance(key, str):
+        bodies[key] = offset
+        return
+    ref = record.get("response_ref")
+    if isinstance(ref, str) and ref in bodies:
+        with path.open("rb") as again:
+            again.seek(bodies[ref])
+            record["response"] = orjson.loads(again.readline())["response"]

@@ -31,6 +31,7 @@ from gateway.pricing import Costs
 from gateway.singleflight import SingleFlight
 from gateway.streaming import DONE, StreamAssembler, replay_events, sse_event
 from gateway.upstream import Attempts, Upstream, torn_body
+from gateway.usage_memo import UsageMemo
 
 log = logging.getLogger("gateway.pipeline")
 
@@ -91,6 +92,7 @@ class Pipeline:
         self.costs = costs if costs is not None else Costs(u.model for u in upstreams.values())
         self.metrics = metrics if metrics is not None else Metrics()
         self.flights: SingleFlight[Answer] = SingleFlight()
+        self.usage = UsageMemo()  # so a hit's record never re-parses its body for its usage
 
     # -- plain answers ---------------------------------------------------------
 
@@ -236,7 +238,7 @@ class Pipeline:
         data: Any = None,
     ) -> None:
         now = time.time()
-        response = data if data is not None or body is None else orjson.loads(body)
+        response = self.usage.response(call.key, body, data)
         record = {
             "schema": RECORD_SCHEMA,
             "key": call.key,
@@ -263,7 +265,7 @@ class Pipeline:
         }
         record.update(self.costs.of(call.model, record, response))
         try:
-            await self.records.append(call.run_id, record)
+            await self.records.append(call.run_id, record, body=body)  # a hit may refer to the body
         except RecordWriteError as exc:
             # Never acknowledge what could not be kept.
             raise GatewayError(

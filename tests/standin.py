@@ -50,6 +50,7 @@ class StandIn:
         self.arrivals: list[float] = []  # monotonic time of each request, for rate checks
         self.arrived = asyncio.Event()  # set on every arrival; tests clear it to wait for the next
         self.released = asyncio.Event()  # hangs last until a test releases them (or the end)
+        self.padding = ""  # appended to every normal answer's text: large answers on demand
         self.port = 0
         self._runner: web.AppRunner | None = None
 
@@ -83,7 +84,7 @@ class StandIn:
         body = await request.json()
         self.headers_seen.append(dict(request.headers))
         self.bodies_seen.append(body)
-        prompt = str(body.get("prompt") or body.get("messages"))
+        prompt = str(body.get("prompt") or body.get("messages")) + self.padding
         fault = self.script.pop(0) if self.script else None
         if fault is None:
             if body.get("stream"):
