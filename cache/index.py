@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import sys
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -30,6 +31,8 @@ from cache.validity import invalid_reason
 
 # Keys per SQL query in :meth:`ResponseIndex.get_many` (SQLite's default limit on parameters is 999+).
 MANY_BATCH = 500
+# What one memory-tier entry costs beyond its body and key objects: its OrderedDict slot and link.
+_ENTRY_OVERHEAD = 104
 
 In = TypeVar("In")
 Out = TypeVar("Out")
@@ -127,12 +130,23 @@ class ResponseIndex:
     def _remember(self, key: str, body: bytes) -> None:
         if len(body) > self._memory_bytes // 8:
             return  # one huge body must not flush the tier
+        # A compact copy: orjson.dumps leaves its bytes in a buffer of 4 KiB or more
+        # (sys.getsizeof does not show it), so keeping the caller's object could
+        # cost many times the length counted here.
+        body = memoryview(body).tobytes()
         old = self._recent.pop(key, None)
-        self._recent_bytes += len(body) - (len(old) if old is not None else 0)
+        if old is not None:
+            self._recent_bytes -= _entry_cost(key, old)
         self._recent[key] = body
+        self._recent_bytes += _entry_cost(key, body)
         while self._recent_bytes > self._memory_bytes:
-            _, evicted = self._recent.popitem(last=False)
-            self._recent_bytes -= len(evicted)
+            evicted_key, evicted = self._recent.popitem(last=False)
+            self._recent_bytes -= _entry_cost(evicted_key, evicted)
+
+    @property
+    def memory_tier_bytes(self) -> int:
+        """What the memory tier's entries cost, by ``sys.getsizeof`` of key and body plus slot overhead."""
+        return self._recent_bytes
 
     def __len__(self) -> int:
         return len(self._cache)
@@ -187,6 +201,10 @@ def _deliver(batch: list[tuple[Any, asyncio.Future[Any]]], finished: asyncio.Fut
             done.set_exception(error)
 
 
+def _entry_cost(key: str, body: bytes) -> int:
+    return sys.getsizeof(key) + sys.getsizeof(body) + _ENTRY_OVERHEAD
+
+
 def indexable(record: dict[str, Any]) -> bool:
     """Whether a record carries a fresh, successful, cacheable response: a valid answer of its endpoint.
 
@@ -202,22 +220,53 @@ def indexable(record: dict[str, Any]) -> bool:
 
 
 def rebuild_index(cache_dir: Path, report: ReadReport | None = None) -> int:
-    """Recreate the index from every run's records; returns the entries written.
+    """Recreate the index from every run's records; returns the entries written (one per key).
 
-    Shards of all runs are read oldest first (their names start with the
-    writer's start time), so a refreshed (``no-cache``) answer replaces the
-    one it refreshed.
+    The latest answer wins: for each key, the indexable record with the
+    greatest ``ts_end`` (when it was recorded), ties going to the later shard
+    by name, then the later line. Replaying shards in order alone would let a
+    newer process's stale miss undo an older process's ``no-cache`` refresh.
+
+    Two passes keep memory bounded by the number of keys, never their bodies:
+    the first finds each key's winner as (time, shard, ordinal), the second
+    re-reads the shards and stores only the winners. (Lines appended while it
+    runs keep earlier ordinals where they were, so a live writer is harmless.)
     """
     shards = [p for run_id in list_runs(cache_dir) for p in shard_paths(run_dir(cache_dir, run_id))]
     shards.sort(key=lambda p: p.name)
+    winners: dict[str, tuple[float, int, int]] = {}
+    for shard_number, ordinal, record in _indexable_records(shards, report):
+        position = (_recorded_at(record), shard_number, ordinal)
+        key = record["key"]
+        if key not in winners or position > winners[key]:
+            winners[key] = position
+    chosen = {(shard, ordinal) for _, shard, ordinal in winners.values()}
     index = ResponseIndex(cache_dir)
     try:
         index.clear()
-        written = 0
-        for record in read_records(shards, report):
-            if indexable(record):
+        for shard_number, ordinal, record in _indexable_records(shards, None):
+            if (shard_number, ordinal) in chosen:
                 index.set(record["key"], orjson.dumps(record["response"]))
-                written += 1
-        return written
+        return len(winners)
     finally:
         index.close()
+
+
+def _indexable_records(
+    shards: list[Path], report: ReadReport | None
+) -> Iterator[tuple[int, int, dict[str, Any]]]:
+    """(shard number, ordinal of the record in its shard, record) for each indexable record."""
+    for shard_number, shard in enumerate(shards):
+        # Hits (the only records that refer to a body) are never indexed: nothing to resolve.
+        for ordinal, record in enumerate(read_records([shard], report, resolve_refs=False)):
+            if indexable(record):
+                yield shard_number, ordinal, record
+
+
+def _recorded_at(record: dict[str, Any]) -> float:
+    """When the record's answer came back (``ts_end``, else ``ts``); 0 for records that say neither."""
+    for field in ("ts_end", "ts"):
+        value = record.get(field)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    return 0.0

@@ -70,6 +70,7 @@ def serve(
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
     _use_uvloop()
+    _raise_open_file_limit()
     click.echo(
         f"gateway: serving {', '.join(m.name for m in config.models)} on "
         f"http://{config.host}:{config.port} (cache {config.cache_dir})",
@@ -200,6 +201,22 @@ def runs(fmt: str, cache_dir: Path) -> None:
         for s in summaries
     ]
     click.echo(table(headers, body) if summaries else f"no runs under {cache_dir}")
+
+
+def _raise_open_file_limit() -> None:
+    """Lift the soft open-file limit to the hard one: every client socket and run shard needs a descriptor.
+
+    (The default soft limit, often 1024, is a relic of select(); the record
+    writer sizes its set of open shards from the limit it finds.)
+    """
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):  # e.g. an unlimited hard limit the kernel caps lower: keep the soft one
+            pass
 
 
 def _use_uvloop() -> None:

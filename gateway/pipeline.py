@@ -34,6 +34,7 @@ from gateway.samples import SampleLedger
 from gateway.singleflight import Feed, SingleFlight
 from gateway.streaming import DONE, StreamAssembler, replay_events, sse_event
 from gateway.upstream import Attempts, Upstream, invalid_answer
+from gateway.usage_memo import UsageMemo
 
 log = logging.getLogger("gateway.pipeline")
 
@@ -97,6 +98,7 @@ class Pipeline:
         self.costs = costs if costs is not None else Costs(u.model for u in upstreams.values())
         self.metrics = metrics if metrics is not None else Metrics()
         self.flights: SingleFlight[Answer] = SingleFlight()
+        self.usage = UsageMemo()  # so a hit's record never re-parses its body for its usage
         self.feeds: dict[str, Feed[Any]] = {}  # the events of streamed flights, for their followers
         self.samples = SampleLedger(records.cache_dir)
 
@@ -285,7 +287,7 @@ class Pipeline:
         data: Any = None,
     ) -> None:
         now = time.time()
-        response = data if data is not None or body is None else orjson.loads(body)
+        response = self.usage.response(call.key, body, data)
         record = {
             "schema": RECORD_SCHEMA,
             "key": call.key,
@@ -321,7 +323,7 @@ class Pipeline:
         ):
             self.samples.give_back(call.run_id, call.sample_of, call.sample)  # the retry asks for it again
         try:
-            await self.records.append(call.run_id, record)
+            await self.records.append(call.run_id, record, body=body)  # a hit may refer to the body
         except RecordWriteError as exc:
             # Never acknowledge what could not be kept.
             raise GatewayError(

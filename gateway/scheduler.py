@@ -11,6 +11,7 @@ own ``x-ratelimit-remaining-*`` headers correct the buckets whenever it sends th
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -18,8 +19,8 @@ from dataclasses import dataclass
 
 from gateway.errors import GatewayError
 
-# Cap on how long an upstream's Retry-After can pause us: a hostile or broken
-# header must not stall a run for an hour.
+# Cap on how long an upstream's Retry-After or x-ratelimit-reset-* can pause us:
+# a hostile or broken header must not stall a run for an hour.
 MAX_PAUSE_S = 60.0
 
 
@@ -68,9 +69,14 @@ class TokenBucket:
         self.level = min(self.capacity, self.level + amount)
 
     def cap(self, remaining: float) -> None:
-        """The upstream says only ``remaining`` is left: believe it."""
+        """The upstream says only ``remaining`` is left: believe it, down to empty but never into debt.
+
+        A claimed debt (``remaining < 0``) would take ``-remaining / rate``
+        seconds to repay: one ``-100000000`` header would stall the bucket for
+        hours. An empty bucket refills within a minute.
+        """
         self._refill()
-        self.level = min(self.level, remaining)
+        self.level = min(self.level, max(0.0, remaining))
 
 
 @dataclass
@@ -200,16 +206,22 @@ class Scheduler:
             self._paused_until = max(self._paused_until, now + min(retry_after, MAX_PAUSE_S))
 
     def _believe(self, headers: Mapping[str, str]) -> None:
-        """Believe the upstream: remaining budgets cap our buckets; an exhausted one pauses until reset."""
+        """Believe the upstream, within reason: remaining budgets cap our buckets; an exhausted one pauses.
+
+        Headers are distrusted: a value that is not a finite number is ignored,
+        a remaining budget counts as at least zero, and a reset pauses for at
+        most ``MAX_PAUSE_S``.
+        """
         for kind, bucket in (("requests", self.requests), ("tokens", self.tokens or self.input_tokens)):
             remaining = _number(headers.get(f"x-ratelimit-remaining-{kind}"))
             if remaining is None:
                 continue
+            remaining = max(0.0, remaining)
             if bucket is not None:
                 bucket.cap(remaining)
             reset = parse_duration(headers.get(f"x-ratelimit-reset-{kind}"))
-            if remaining <= 0 and reset:  # even with no limit configured, the upstream knows best
-                pause_until = time.monotonic() + min(reset, MAX_PAUSE_S)
+            if remaining == 0 and reset:  # even with no limit configured, the upstream knows best
+                pause_until = time.monotonic() + min(max(0.0, reset), MAX_PAUSE_S)
                 self._paused_until = max(self._paused_until, pause_until)
 
 
@@ -231,7 +243,9 @@ def parse_duration(value: str | None) -> float | None:
 
 
 def _number(value: str | None) -> float | None:
+    """``value`` as a finite float, else None (``"nan"`` and ``"inf"`` are not numbers a header may claim)."""
     try:
-        return float(value) if value is not None else None
+        number = float(value) if value is not None else None
     except ValueError:
         return None
+    return number if number is not None and math.isfinite(number) else None

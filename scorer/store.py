@@ -170,8 +170,10 @@ class ResponseReader:
             self._from_records = {}
             folder = run_dir(self.cache_dir, self.run_id)
             if folder.is_dir():
-                for record in read_records(shard_paths(folder)):
-                    # hits too: a run's records hold every answer it was given
+                for record in read_records(shard_paths(folder), resolve_refs=False):
+                    # hits too: a run's records hold every answer it was given. A hit that
+                    # refers to its body (response_ref) needs no resolving: that body is on
+                    # an earlier line of the same shard, under the same key.
                     if record.get("status") == 200 and isinstance(record.get("response"), dict):
                         self._from_records[record["key"]] = orjson.dumps(record["response"])
         return self._from_records

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -107,12 +108,12 @@ class GatewayProcess:
         assert self.process is not None
         return self.process.pid
 
-    def start(self) -> None:
-        """Start serving (returns at once; see :meth:`wait_healthy`)."""
+    def start(self, preexec_fn: Callable[[], None] | None = None) -> None:
+        """Start serving (returns at once; see :meth:`wait_healthy`); ``preexec_fn`` runs in the child."""
         command = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(self.config)]
         command += ["--port", str(self.port), "--cache-dir", str(self.cache_dir)]
         with self.log.open("ab") as log:
-            self.process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=log)
+            self.process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=log, preexec_fn=preexec_fn)
 
     async def wait_healthy(self, session: aiohttp.ClientSession, deadline_s: float = 30) -> None:
         """Wait until ``/healthz`` answers 200 (the only readiness signal a server gives)."""

@@ -2,7 +2,8 @@
 
 Each request takes the next fault from a script (a list), then falls back to a
 normal answer. Faults: an error status with a message, a hang past the
-client's timeout, a connection dropped mid-body, invalid JSON, a torn event stream.
+client's timeout, a connection dropped mid-body, invalid JSON, a torn event stream,
+or a normal answer sent with hostile headers ("ok" with ``headers``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from aiohttp import web
 class Fault:
     """One scripted misbehaviour."""
 
-    # "status" | "hang" | "drop" | "invalid_json" | "torn_stream"
+    # "status" | "ok" (a good answer with ``headers``) | "hang" | "drop" | "invalid_json" | "torn_stream"
     # | "body" (a 200 carrying ``body`` as JSON) | "events" (a 200 stream of ``events``, then [DONE])
     # | "held_stream" (a stream whose first event comes at once, the rest once ``released`` is set)
     kind: str
@@ -61,6 +62,7 @@ class StandIn:
         self.arrivals: list[float] = []  # monotonic time of each request, for rate checks
         self.arrived = asyncio.Event()  # set on every arrival; tests clear it to wait for the next
         self.released = asyncio.Event()  # hangs last until a test releases them (or the end)
+        self.padding = ""  # appended to every normal answer's text: large answers on demand
         self.port = 0
         self._runner: web.AppRunner | None = None
 
@@ -94,7 +96,7 @@ class StandIn:
         body = await request.json()
         self.headers_seen.append(dict(request.headers))
         self.bodies_seen.append(body)
-        prompt = str(body.get("prompt") or body.get("messages"))
+        prompt = str(body.get("prompt") or body.get("messages")) + self.padding
         chat = request.path.endswith("/chat/completions")
         fault = self.script.pop(0) if self.script else None
         if fault is None:
@@ -118,6 +120,9 @@ class StandIn:
                 content_type="application/json",
                 headers=fault.headers,
             )
+        if fault.kind == "ok":  # a good answer; only its headers misbehave
+            body_bytes = orjson.dumps(completion_body(prompt, chat))
+            return web.Response(body=body_bytes, content_type="application/json", headers=fault.headers)
         if fault.kind == "hang":
             await self.released.wait()
             return web.Response(body=orjson.dumps(completion_body(prompt)), content_type="application/json")

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+import tracemalloc
 from pathlib import Path
 
 import orjson
@@ -89,11 +91,37 @@ def test_rebuild_indexes_fresh_successes_only_newest_wins(tmp_path: Path) -> Non
     ]
     older.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in lines))
     newer.write_bytes(orjson.dumps(record("k1", text="new")) + b"\n")
-    assert rebuild_index(tmp_path) == 2
+    assert rebuild_index(tmp_path) == 1  # one entry, k1: with no times, the later shard wins
     index = ResponseIndex(tmp_path)
     try:
         assert orjson.loads(index.get("k1") or b"null") == {"text": "new"}
         assert [index.get(k) for k in ("k2", "k3", "k4")] == [None, None, None]
+    finally:
+        index.close()
+
+
+def test_rebuild_keeps_an_older_process_refresh_over_a_newer_process_stale_miss(tmp_path: Path) -> None:
+    # Process 1 started first, process 2 later and answered k from a stale upstream
+    # at t=300; then process 1 took a no-cache refresh of k at t=500.
+    older_process = run_dir(tmp_path, "r") / "100-host-1.jsonl"
+    newer_process = run_dir(tmp_path, "r") / "200-host-2.jsonl"
+    older_process.parent.mkdir(parents=True)
+    lines_1 = [
+        {**record("k", text="first"), "ts_end": 150.0},
+        {**record("k", text="refreshed"), "ts_end": 500.0},
+    ]
+    older_process.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in lines_1))
+    lines_2 = [{**record("k", text="stale"), "ts_end": 300.0}, {**record("t", text="tie"), "ts_end": 9.0}]
+    newer_process.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in lines_2))
+    with older_process.open("ab") as shard:  # same time as process 2's answer: the later shard wins the tie
+        shard.write(orjson.dumps({**record("t", text="lost tie"), "ts_end": 9.0}) + b"\n")
+    report = ReadReport()
+    assert rebuild_index(tmp_path, report) == 2
+    assert report.lines == 5  # each line counted once, though the shards are read twice
+    index = ResponseIndex(tmp_path)
+    try:
+        assert orjson.loads(index.get("k") or b"null") == {"text": "refreshed"}
+        assert orjson.loads(index.get("t") or b"null") == {"text": "tie"}
     finally:
         index.close()
 
@@ -151,3 +179,23 @@ def test_keys_ignore_delivery_fields_and_integral_floats() -> None:
         "/v1/completions", "m", {**base, "seed": 1}
     )
     assert request_key("/v1/completions", "m", base) != request_key("/v1/completions", "m", base, salt="s")
+
+
+async def test_the_memory_tier_holds_no_more_real_memory_than_its_budget(tmp_path: Path) -> None:
+    budget = 256 * 1024
+    index = ResponseIndex(tmp_path, memory_bytes=budget)
+    try:
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            for i in range(4000):  # small answers, as orjson writes them: in 4 KiB buffers
+                await index.aset(f"k{i}", orjson.dumps({"text": f"answer {i}"}))
+            gc.collect()
+            held = tracemalloc.get_traced_memory()[0] - before
+        finally:
+            tracemalloc.stop()
+        assert index.memory_tier_bytes <= budget
+        assert held <= budget * 1.5, f"the tier counts {index.memory_tier_bytes} bytes but holds {held}"
+        assert index.recent("k3999") == orjson.dumps({"text": "answer 3999"})
+    finally:
+        index.close()

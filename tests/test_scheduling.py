@@ -7,7 +7,7 @@ import asyncio
 import orjson
 import pytest
 
-from gateway.scheduler import Limits, Scheduler, TokenBucket, parse_duration
+from gateway.scheduler import MAX_PAUSE_S, Limits, Scheduler, TokenBucket, parse_duration
 from tests.conftest import GatewayFactory, RunningGateway, model_yaml
 from tests.standin import Fault, StandIn
 from tests.upstreams import CountingRelay
@@ -203,6 +203,40 @@ async def test_an_exhausted_budget_pauses_the_upstream_until_its_reset() -> None
     )
     assert scheduler.requests is not None and scheduler.requests.level == 0
     assert scheduler._delay(1, 1) == pytest.approx(30, abs=1)  # paused: nothing leaves before the reset
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"x-ratelimit-remaining-tokens": "-100000000"},
+        {"x-ratelimit-remaining-requests": "-100000000"},
+        {"x-ratelimit-remaining-tokens": "-inf"},
+        {"x-ratelimit-remaining-tokens": "nan", "x-ratelimit-reset-tokens": "1s"},
+        {"x-ratelimit-remaining-tokens": "0", "x-ratelimit-reset-tokens": "1e12"},
+        {"x-ratelimit-remaining-tokens": "0", "x-ratelimit-reset-tokens": "99999h"},
+        {"x-ratelimit-remaining-tokens": "0", "x-ratelimit-reset-tokens": "nan"},
+        {"x-ratelimit-remaining-tokens": "-5", "x-ratelimit-reset-tokens": "-5"},
+    ],
+)
+async def test_hostile_rate_limit_headers_pause_at_most_max_pause(headers: dict[str, str]) -> None:
+    scheduler = Scheduler("s", Limits(rpm=60, tpm=600))
+    ticket = await scheduler.acquire(1, 1)
+    scheduler.release(ticket, headers=headers)
+    assert scheduler.tokens is not None and scheduler.requests is not None
+    assert scheduler.tokens.level >= 0 and scheduler.requests.level >= 0  # an upstream cannot claim a debt
+    delay = scheduler._delay(1, 1)
+    assert delay is not None and delay <= MAX_PAUSE_S
+
+
+async def test_a_negative_remaining_header_on_a_good_answer_does_not_stall_the_model(
+    make_gateway: GatewayFactory, standin: StandIn
+) -> None:
+    # 6000 tokens a minute refill 100 a second: believing -1e8 would stall for ~12 days.
+    gateway = await gateway_for(make_gateway, standin, tpm=6000)
+    standin.script = [Fault("ok", headers={"x-ratelimit-remaining-tokens": "-100000000"})]
+    assert (await gateway.post("/v1/completions", BODY)).status == 200
+    later = gateway.post("/v1/completions", {**BODY, "prompt": "next"})
+    assert (await asyncio.wait_for(later, 10)).status == 200  # an empty bucket refills in well under a second
 
 
 def test_token_bucket_starts_full_refills_continuously_and_refunds() -> None:

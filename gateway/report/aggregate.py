@@ -233,7 +233,7 @@ def run_paths(cache_dir: Path, run_id: str) -> list[Path]:
 def build_report(cache_dir: Path, run_id: str, by: GroupBy = "model") -> RunReport:
     """Read ``run_id``'s records once, streaming, into a :class:`RunReport`."""
     report = RunReport(run_id, by)
-    fold(report, read_records(run_paths(cache_dir, run_id), report.read))
+    fold(report, read_records(run_paths(cache_dir, run_id), report.read, resolve_refs=False))  # no bodies
     return report
 
 

@@ -36,7 +36,7 @@ def summarise(cache_dir: Path, run_id: str) -> RunSummary:
     cost = saved = 0.0
     first: float | None = None
     last: float | None = None
-    for record in read_records(paths, read):
+    for record in read_records(paths, read, resolve_refs=False):  # costs and times only
         cost += record.get("cost_usd") or 0.0
         saved += record.get("cost_saved_usd") or 0.0
         ts = record.get("ts")
