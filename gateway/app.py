@@ -88,7 +88,7 @@ async def _resources(config: GatewayConfig, handlers: Handlers, redactor: Redact
     try:
         for upstream in launched:
             await upstream.start(session)
-        upstreams = {m.name: Upstream(m, make_provider(m, session)) for m in config.models}
+        upstreams = {m.name: Upstream(m, make_provider(m, session), redactor) for m in config.models}
         await asyncio.gather(*(u.provider.ready() for u in upstreams.values()))  # healthy means serving
         metrics = app[METRICS]
         handlers.pipeline = app[PIPELINE] = Pipeline(index, records, upstreams, Costs(config.models), metrics)

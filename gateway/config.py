@@ -17,6 +17,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from gateway.redaction import MIN_SECRET_LENGTH
 from gateway.scheduler import Limits
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -102,6 +103,13 @@ class ModelConfig(_Strict):
             raise ValueError("api_base is required for provider openai-compatible")
         if self.launch and not self.api_base:
             raise ValueError("a launched upstream needs the api_base it will serve on")
+        key = self.api_key()
+        if key and len(key) < MIN_SECRET_LENGTH:  # masking it would mask ordinary words too
+            raise ValueError(
+                f"the provider key in ${self.api_key_env} is {len(key)} characters long; "
+                f"keys under {MIN_SECRET_LENGTH} characters are refused, as the gateway could not "
+                "mask them in what it writes without masking ordinary text"
+            )
         return self
 
     def limits(self) -> Limits:

@@ -28,7 +28,7 @@ from gateway.config import ModelConfig
 from gateway.errors import GatewayError
 from gateway.metrics import Metrics
 from gateway.pricing import Costs
-from gateway.singleflight import SingleFlight
+from gateway.singleflight import SingleFlight, run_detached
 from gateway.streaming import DONE, StreamAssembler, replay_events, sse_event
 from gateway.upstream import Attempts, Upstream, torn_body
 
@@ -161,7 +161,7 @@ class Pipeline:
         Raises before the first event when nothing can be sent, so the client
         gets a plain error response instead of a broken stream.
         """
-        include_usage = bool((call.body or {}).get("stream_options", {}).get("include_usage"))
+        include_usage = bool(((call.body or {}).get("stream_options") or {}).get("include_usage"))
         chat = call.endpoint.endswith("/chat/completions")
         if call.cache_mode == "use" or self.flights.join(call.key) is not None:
             started = time.time()
@@ -181,7 +181,7 @@ class Pipeline:
         queue: asyncio.Queue[Any] = asyncio.Queue()
         work = lambda: self._fetch_stream(call, queue, chat, include_usage)  # noqa: E731
         if call.cache_mode == "bypass":
-            asyncio.ensure_future(work())
+            run_detached(work)
         else:
             self.flights.start(call.key, work)
         first = await queue.get()
@@ -211,7 +211,7 @@ class Pipeline:
                 queue.put_nowait(error)
             raise error from exc
         data = assembler.response()
-        body = orjson.dumps(data)
+        body = self.upstreams[call.model.name].scrub(orjson.dumps(data))
         try:
             await self._store(call, "miss", started, body, request, attempts, data)
         except GatewayError as exc:  # not recorded: the stream must not end as if it were

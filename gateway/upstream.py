@@ -5,12 +5,17 @@ request queues behind others like anyone else. Only failures that may pass
 are retried: 408, 429, 5xx, timeouts, dropped connections and torn bodies;
 never another 4xx. Every attempt is noted for the record, and the client
 sees an error only after the last one.
+
+Secrets are masked here, where upstream bytes enter the gateway: an answer,
+each stream event and each error message is scrubbed before anything
+records, indexes or sends it, so a key an upstream echoes is never stored and
+never served to a later hit.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +32,7 @@ from gateway.batcher import MicroBatcher, single_prompt
 from gateway.config import ModelConfig
 from gateway.errors import UpstreamError
 from gateway.providers.base import Provider, Reply
+from gateway.redaction import Redactor
 from gateway.scheduler import MAX_PAUSE_S, Scheduler
 from gateway.tokens import OutputEstimate, input_tokens
 
@@ -61,9 +67,10 @@ def _retryable(exc: BaseException) -> bool:
 class Upstream:
     """Calls one model's provider within its limits, retrying what may pass."""
 
-    def __init__(self, model: ModelConfig, provider: Provider) -> None:
+    def __init__(self, model: ModelConfig, provider: Provider, redactor: Redactor | None = None) -> None:
         self.model = model
         self.provider = provider
+        self.redactor = redactor if redactor is not None else Redactor()
         self.scheduler = Scheduler(model.name, model.limits())
         self.output = OutputEstimate()
         self._backoff = wait_exponential_jitter(
@@ -125,8 +132,9 @@ class Upstream:
         started = time.monotonic()
         attempts.count += 1
         try:
-            answered = Answered.parse(await self.provider.call(endpoint, body))
+            answered = Answered.parse(await self.provider.call(endpoint, body), self.redactor.scrub)
         except UpstreamError as exc:
+            self._scrub_error(exc)
             attempts.failed(exc, started)
             self.scheduler.release(ticket)
             if exc.status == 429:
@@ -165,8 +173,9 @@ class Upstream:
         attempts.count += 1
         try:
             async for payload in self.provider.stream(endpoint, body):
-                yield payload
+                yield self._scrub_event(payload)
         except UpstreamError as exc:
+            self._scrub_error(exc)
             attempts.failed(exc, started)
             if exc.status == 429:
                 self.scheduler.throttled(exc.retry_after)
@@ -174,6 +183,31 @@ class Upstream:
         finally:
             self.scheduler.release(ticket)
         self.scheduler.succeeded()
+
+    def scrub(self, body: bytes) -> bytes:
+        """JSON ``body`` with every known secret masked (for answers assembled from scrubbed events,
+        since a key can be split across two of them)."""
+        return self.redactor.scrub(body)
+
+    def _scrub_event(self, payload: bytes) -> bytes:
+        """A stream event's payload with secrets masked; the upstream's own bytes when there are none.
+
+        Matching happens on orjson's canonical form, as the upstream may escape
+        a key's characters any way JSON allows.
+        """
+        if not self.redactor:
+            return payload
+        try:
+            canonical = orjson.dumps(orjson.loads(payload))
+        except orjson.JSONDecodeError:
+            return self.redactor.scrub(payload)  # the pipeline reports the torn event
+        scrubbed = self.redactor.scrub(canonical)
+        return payload if scrubbed is canonical else scrubbed
+
+    def _scrub_error(self, error: UpstreamError) -> None:
+        """Mask secrets in an upstream's error message (and the exception's own text, for tracebacks)."""
+        error.message = self.redactor.scrub_text(error.message)
+        error.args = (error.message,)
 
     async def close(self) -> None:
         """Close the provider."""
@@ -199,13 +233,17 @@ class Answered:
     batched: bool = False
 
     @classmethod
-    def parse(cls, reply: Reply) -> Answered:
-        """Parse ``reply``; a body that is not JSON is a torn answer (502)."""
+    def parse(cls, reply: Reply, scrub: Callable[[bytes], bytes] | None = None) -> Answered:
+        """Parse ``reply``, masking secrets with ``scrub``; a body that is not JSON is a torn answer (502)."""
         try:
             data = orjson.loads(reply.body)
         except orjson.JSONDecodeError as exc:
             raise torn_body(exc) from exc
-        return cls(data, orjson.dumps(data), reply.headers)
+        body = orjson.dumps(data)
+        scrubbed = scrub(body) if scrub is not None else body
+        if scrubbed is not body:  # a secret was masked: the parsed answer must say so too
+            data = orjson.loads(scrubbed)
+        return cls(data, scrubbed, reply.headers)
 
     @property
     def usage(self) -> dict[str, Any] | None:

@@ -2,7 +2,8 @@
 
 Each request takes the next fault from a script (a list), then falls back to a
 normal answer. Faults: an error status with a message, a hang past the
-client's timeout, a connection dropped mid-body, invalid JSON, a torn event stream.
+client's timeout, a connection dropped mid-body, invalid JSON, a torn event stream,
+and a 200 answer whose text is chosen by the test (one that echoes a key, say).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from aiohttp import web
 class Fault:
     """One scripted misbehaviour."""
 
-    kind: str  # "status" | "hang" | "drop" | "invalid_json" | "torn_stream"
+    kind: str  # "status" | "hang" | "drop" | "invalid_json" | "torn_stream" | "answer"
     status: int = 500
     message: str = "scripted failure"
     headers: dict[str, str] = field(default_factory=dict)
@@ -103,6 +104,12 @@ class StandIn:
             return web.Response(body=b'{"choices": [', content_type="application/json")
         if fault.kind == "torn_stream":
             return await self._stream(request, prompt, torn=True)
+        if fault.kind == "answer":  # the text is the message; streamed, one event per "|"-piece
+            if body.get("stream"):
+                return await self._stream(request, prompt, torn=False, texts=fault.message.split("|"))
+            answer = completion_body(prompt)
+            answer["choices"][0]["text"] = fault.message
+            return web.Response(body=orjson.dumps(answer), content_type="application/json")
         assert fault.kind == "drop"
         response = web.StreamResponse(headers={"Content-Length": "1000", "Content-Type": "application/json"})
         await response.prepare(request)
@@ -111,12 +118,17 @@ class StandIn:
         request.transport.close()
         return response
 
-    async def _stream(self, request: web.Request, prompt: str, torn: bool) -> web.StreamResponse:
+    async def _stream(
+        self, request: web.Request, prompt: str, torn: bool, texts: list[str] | None = None
+    ) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
-        chunk = completion_body(prompt)
-        chunk["choices"][0]["finish_reason"] = None
-        await response.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
+        for text in texts or [None]:
+            chunk = completion_body(prompt)
+            chunk["choices"][0]["finish_reason"] = None
+            if text is not None:
+                chunk["choices"][0]["text"] = text
+            await response.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
         if torn:
             assert request.transport is not None
             request.transport.close()
