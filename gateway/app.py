@@ -12,6 +12,7 @@ import aiohttp
 from aiohttp import web
 
 from cache.index import ResponseIndex
+from cache.private import keep_private
 from cache.records import RecordWriter
 from gateway.auth import Grant, KeyRing
 from gateway.config import GatewayConfig
@@ -75,6 +76,7 @@ def create_app(config: GatewayConfig) -> web.Application:
 
 
 async def _resources(config: GatewayConfig, handlers: Handlers, redactor: Redactor, app: web.Application):  # type: ignore[no-untyped-def]
+    keep_private()  # before the first folder, shard, index file or launch log is created
     config.cache_dir.mkdir(parents=True, exist_ok=True)
     session = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),

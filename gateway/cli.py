@@ -23,6 +23,9 @@ CACHE_DIR = click.option(
 @click.group()
 def main() -> None:
     """replaygate's caching inference gateway."""
+    from cache.private import keep_private
+
+    keep_private()  # whatever a command creates under a cache dir is its user's alone
 
 
 @main.command()

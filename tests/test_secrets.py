@@ -7,6 +7,10 @@ import gc
 import io
 import json
 import logging
+import os
+import stat
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +25,7 @@ from gateway.config import ConfigError, parse_config
 from gateway.errors import upstream_failure
 from gateway.redaction import MASK, RedactingFilter, Redactor
 from tests.conftest import GatewayFactory, RunningGateway, model_yaml
-from tests.processes import until
+from tests.processes import REPO, until
 from tests.standin import Fault, StandIn
 
 KEY_ENV = "RG_TEST_PROVIDER_KEY"
@@ -216,3 +220,49 @@ def test_a_match_inside_an_escape_sequence_is_not_masked_and_the_json_stays_vali
     body = orjson.dumps({"text": "\nKEY-0123456789", "key": "nKEY-0123456789"})
     scrubbed = redactor.scrub(body)
     assert orjson.loads(scrubbed) == {"text": "\nKEY-0123456789", "key": MASK}
+
+
+def _modes(store: Path) -> dict[str, str]:
+    """Every path under ``store`` (and the store) whose mode lets its group or others in."""
+    paths = [store, *store.rglob("*")]
+    return {str(p): oct(stat.S_IMODE(p.stat().st_mode)) for p in paths if p.stat().st_mode & 0o077}
+
+
+@pytest.fixture
+def open_umask() -> Iterator[None]:
+    """The common default umask (022), as a user's shell would give the gateway."""
+    previous = os.umask(0o022)
+    yield
+    os.umask(previous)
+
+
+async def test_everything_the_gateway_creates_under_the_cache_dir_is_private(
+    make_gateway: GatewayFactory, standin: StandIn, tmp_path: Path, open_umask: None
+) -> None:
+    store = tmp_path / "store"
+    gateway = await make_gateway(model_yaml(standin.api_base, name="standin"), cache_dir=store)
+    big = {**BODY, "prompt": "x" * 100_000}  # diskcache keeps large values in files of their own
+    for body in (BODY, big):
+        assert (await gateway.post("/runs/private/v1/completions", body)).status == 200
+    assert list((store / "index").iterdir())
+    assert _modes(store) == {}
+
+
+def test_gateway_cache_rebuild_creates_a_private_index(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    run = store / "runs" / "r"
+    run.mkdir(parents=True, mode=0o700)
+    store.chmod(0o700)
+    (store / "runs").chmod(0o700)
+    record = {"key": "k", "served": "miss", "status": 200, "response": {"choices": []}}
+    (run / "1-host-1.jsonl").write_bytes(orjson.dumps(record) + b"\n")
+    (run / "1-host-1.jsonl").chmod(0o600)
+    subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "cache", "rebuild", "--cache-dir", str(store)],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        preexec_fn=lambda: os.umask(0o022),
+    )
+    assert list((store / "index").iterdir())
+    assert _modes(store) == {}
