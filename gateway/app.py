@@ -21,6 +21,7 @@ from gateway.errors import GatewayError
 from gateway.handlers import Handlers
 from gateway.launcher import LaunchedUpstream
 from gateway.metrics import Metrics
+from gateway.parser_errors import answer_parser_errors_in_json
 from gateway.pipeline import Pipeline
 from gateway.pricing import Costs
 from gateway.providers import make_provider
@@ -67,6 +68,7 @@ def create_app(config: GatewayConfig) -> web.Application:
     redactor = Redactor([key for m in config.models if (key := m.api_key())])
     app = web.Application(middlewares=[openai_errors(redactor)], client_max_size=config.max_body_bytes)
     app[REDACTOR] = redactor
+    answer_parser_errors_in_json(app)
     keys = KeyRing({k.sha256: Grant(k.name, frozenset(k.models), tuple(k.runs)) for k in config.keys})
     handlers = Handlers(config, keys, redactor)
     app[METRICS] = Metrics()
