@@ -17,6 +17,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from cache.runs import RUN_ID_PATTERN
 from gateway.redaction import MIN_SECRET_LENGTH
 from gateway.scheduler import Limits
 
@@ -146,7 +147,22 @@ class KeyConfig(_Strict):
     name: str
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     models: list[str] = Field(default_factory=lambda: ["*"])
-    runs: list[str] = Field(default_factory=lambda: [""], description="allowed run-id prefixes")
+    runs: list[str] = Field(
+        default_factory=lambda: ["*"],
+        description="allowed run-ids; an entry ending in -, _, . or * is a prefix; * allows all",
+    )
+
+    @field_validator("runs")
+    @classmethod
+    def _run_patterns(cls, runs: list[str]) -> list[str]:
+        for pattern in runs:
+            name = pattern.removesuffix("*")
+            if pattern not in ("", "*") and not (RUN_ID_PATTERN.fullmatch(name) and "*" not in name):
+                raise ValueError(
+                    f"run grant {pattern!r} is neither a run-id nor a prefix: use a run-id (exact), "
+                    "a prefix ending in '-', '_', '.' or '*' ('team-', 'team*'), or '*' for every run"
+                )
+        return runs
 
 
 class GatewayConfig(_Strict):
