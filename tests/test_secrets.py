@@ -266,3 +266,14 @@ def test_gateway_cache_rebuild_creates_a_private_index(tmp_path: Path) -> None:
     )
     assert list((store / "index").iterdir())
     assert _modes(store) == {}
+
+
+def test_gateway_keys_hash_refuses_a_key_too_short_to_mask() -> None:
+    from click.testing import CliRunner
+
+    from gateway.cli import main
+
+    short = CliRunner().invoke(main, ["keys", "hash"], input="abc1234\n")
+    assert short.exit_code == 2 and "at least 8 characters" in short.output
+    long = CliRunner().invoke(main, ["keys", "hash"], input="abc12345\n")
+    assert long.exit_code == 0 and long.output.strip() == digest("abc12345")
