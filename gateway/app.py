@@ -12,6 +12,7 @@ import aiohttp
 from aiohttp import web
 
 from cache.index import ResponseIndex
+from cache.private import keep_private
 from cache.records import RecordWriter
 from gateway.auth import Grant, KeyRing
 from gateway.config import GatewayConfig
@@ -20,6 +21,7 @@ from gateway.errors import GatewayError
 from gateway.handlers import Handlers
 from gateway.launcher import LaunchedUpstream
 from gateway.metrics import Metrics
+from gateway.parser_errors import answer_parser_errors_in_json
 from gateway.pipeline import Pipeline
 from gateway.pricing import Costs
 from gateway.providers import make_provider
@@ -66,6 +68,7 @@ def create_app(config: GatewayConfig) -> web.Application:
     redactor = Redactor([key for m in config.models if (key := m.api_key())])
     app = web.Application(middlewares=[openai_errors(redactor)], client_max_size=config.max_body_bytes)
     app[REDACTOR] = redactor
+    answer_parser_errors_in_json(app)
     keys = KeyRing({k.sha256: Grant(k.name, frozenset(k.models), tuple(k.runs)) for k in config.keys})
     handlers = Handlers(config, keys, redactor)
     app[METRICS] = Metrics()
@@ -75,6 +78,7 @@ def create_app(config: GatewayConfig) -> web.Application:
 
 
 async def _resources(config: GatewayConfig, handlers: Handlers, redactor: Redactor, app: web.Application):  # type: ignore[no-untyped-def]
+    keep_private()  # before the first folder, shard, index file or launch log is created
     config.cache_dir.mkdir(parents=True, exist_ok=True)
     session = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
@@ -88,7 +92,7 @@ async def _resources(config: GatewayConfig, handlers: Handlers, redactor: Redact
     try:
         for upstream in launched:
             await upstream.start(session)
-        upstreams = {m.name: Upstream(m, make_provider(m, session)) for m in config.models}
+        upstreams = {m.name: Upstream(m, make_provider(m, session), redactor) for m in config.models}
         await asyncio.gather(*(u.provider.ready() for u in upstreams.values()))  # healthy means serving
         metrics = app[METRICS]
         handlers.pipeline = app[PIPELINE] = Pipeline(index, records, upstreams, Costs(config.models), metrics)

@@ -5,6 +5,12 @@ prints one). Gateway keys are long random tokens, so a fast unsalted hash is
 enough: it hides the key from anyone who reads the config, and a digest cannot
 be replayed as a key. A presented key is looked up by its digest, so no
 comparison leaks timing about the stored digests.
+
+A grant's ``runs`` are exact run-ids, or prefixes when they say so: an entry
+ending in ``-``, ``_`` or ``.`` (``team-``) or in ``*`` (``team*``, the ``*``
+dropped) admits every run-id starting with it; ``*`` or ``""`` admits every
+run; any other entry admits that one run-id only, so ``team`` never silently
+admits ``teammate``.
 """
 
 from __future__ import annotations
@@ -14,6 +20,20 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from gateway.errors import GatewayError
+
+PREFIX_ENDINGS = ("-", "_", ".")  # an entry ending so is a prefix of run-ids (and so is one ending in "*")
+EVERY_RUN = ("", "*")
+
+
+def run_pattern_admits(pattern: str, run_id: str) -> bool:
+    """Whether a grant entry ``pattern`` admits ``run_id`` (see the module docstring)."""
+    if pattern in EVERY_RUN:
+        return True
+    if pattern.endswith("*"):
+        return run_id.startswith(pattern[:-1])
+    if pattern.endswith(PREFIX_ENDINGS):
+        return run_id.startswith(pattern)
+    return run_id == pattern
 
 
 def digest(key: str) -> str:
@@ -27,13 +47,13 @@ class Grant:
 
     name: str
     models: frozenset[str]  # "*" for all
-    run_prefixes: tuple[str, ...]  # "" allows every run
+    runs: tuple[str, ...]  # run-ids, or prefixes ("team-", "team*"); "*" or "" allows every run
 
     def allows_model(self, model: str) -> bool:
         return "*" in self.models or model in self.models
 
     def allows_run(self, run_id: str) -> bool:
-        return any(run_id.startswith(p) for p in self.run_prefixes)
+        return any(run_pattern_admits(p, run_id) for p in self.runs)
 
 
 class KeyRing:

@@ -23,6 +23,9 @@ CACHE_DIR = click.option(
 @click.group()
 def main() -> None:
     """replaygate's caching inference gateway."""
+    from cache.private import keep_private
+
+    keep_private()  # whatever a command creates under a cache dir is its user's alone
 
 
 @main.command()
@@ -101,10 +104,15 @@ def keys() -> None:
 def hash_key() -> None:
     """Print the sha256 digest of a key read from stdin, for a config's ``keys`` list."""
     from gateway.auth import digest
+    from gateway.redaction import MIN_SECRET_LENGTH
 
     key = sys.stdin.readline().strip()
     if not key:
         raise click.UsageError("no key on stdin")
+    if len(key) < MIN_SECRET_LENGTH:  # it is masked wherever it appears: a short one masks words
+        raise click.UsageError(
+            f"a gateway key needs at least {MIN_SECRET_LENGTH} characters (use e.g. `openssl rand -hex 32`)"
+        )
     click.echo(digest(key))
 
 

@@ -19,6 +19,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cache.keys import deployment_namespace
+from cache.runs import RUN_ID_PATTERN
+from gateway.redaction import MIN_SECRET_LENGTH
 from gateway.scheduler import Limits
 
 # The engine arguments that decide which weights an in-process vLLM answers with.
@@ -109,6 +111,13 @@ class ModelConfig(_Strict):
             raise ValueError("api_base is required for provider openai-compatible")
         if self.launch and not self.api_base:
             raise ValueError("a launched upstream needs the api_base it will serve on")
+        key = self.api_key()
+        if key and len(key) < MIN_SECRET_LENGTH:  # masking it would mask ordinary words too
+            raise ValueError(
+                f"the provider key in ${self.api_key_env} is {len(key)} characters long; "
+                f"keys under {MIN_SECRET_LENGTH} characters are refused, as the gateway could not "
+                "mask them in what it writes without masking ordinary text"
+            )
         return self
 
     def limits(self) -> Limits:
@@ -153,7 +162,22 @@ class KeyConfig(_Strict):
     name: str
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     models: list[str] = Field(default_factory=lambda: ["*"])
-    runs: list[str] = Field(default_factory=lambda: [""], description="allowed run-id prefixes")
+    runs: list[str] = Field(
+        default_factory=lambda: ["*"],
+        description="allowed run-ids; an entry ending in -, _, . or * is a prefix; * allows all",
+    )
+
+    @field_validator("runs")
+    @classmethod
+    def _run_patterns(cls, runs: list[str]) -> list[str]:
+        for pattern in runs:
+            name = pattern.removesuffix("*")
+            if pattern not in ("", "*") and not (RUN_ID_PATTERN.fullmatch(name) and "*" not in name):
+                raise ValueError(
+                    f"run grant {pattern!r} is neither a run-id nor a prefix: use a run-id (exact), "
+                    "a prefix ending in '-', '_', '.' or '*' ('team-', 'team*'), or '*' for every run"
+                )
+        return runs
 
 
 class GatewayConfig(_Strict):

@@ -13,7 +13,7 @@ from gateway.auth import Grant, KeyRing, check, presented_key
 from gateway.config import GatewayConfig, ModelConfig
 from gateway.errors import GatewayError, bad_request
 from gateway.openapi import openapi as describe
-from gateway.pipeline import CacheMode, Call, Pipeline
+from gateway.pipeline import Answer, CacheMode, Call, Pipeline
 from gateway.redaction import Redactor
 from gateway.validation import validate_body
 
@@ -73,7 +73,7 @@ class Handlers:
         if call.stream:
             return await self._stream(request, call)
         answer = await self.pipeline.answer(call)
-        return web.Response(body=answer.body, content_type=JSON, headers=_headers(call, answer.served))
+        return self._answer_response(call, answer)
 
     async def tokenizer(self, endpoint: str, request: web.Request) -> web.Response:
         """``/tokenizer_info``, ``/tokenize``, ``/detokenize``: asked of the model's upstream, cached."""
@@ -88,7 +88,7 @@ class Handlers:
         check(grant, model.name, run_id)
         call = await self._call(request, run_id, endpoint, model, body)
         answer = await self.pipeline.answer(call)
-        return web.Response(body=answer.body, content_type=JSON, headers=_headers(call, answer.served))
+        return self._answer_response(call, answer)
 
     async def bad_run(self, request: web.Request) -> web.Response:
         """Anything under ``/runs/`` whose run-id is not a plain name."""
@@ -107,6 +107,12 @@ class Handlers:
         if grant is not None:  # a client key that got in must never be written anywhere
             self.redactor.add(presented_key(request.headers))
         return grant
+
+    def _answer_response(self, call: Call, answer: Answer) -> web.Response:
+        # Scrubbed again on the way out: a client key first presented after an answer was
+        # stored is in that stored answer, and must still not reach anyone.
+        body = self.redactor.scrub(answer.body)
+        return web.Response(body=body, content_type=JSON, headers=_headers(call, answer.served))
 
     def model_named(self, name: str) -> ModelConfig:
         """The configured model ``name``, or a 404 that lists the ones there are."""
@@ -155,8 +161,8 @@ class Handlers:
         response.headers["Cache-Control"] = "no-cache"
         await response.prepare(request)
         try:
-            async for event in events:
-                await response.write(event)
+            async for event in events:  # scrubbed like plain answers, error events included
+                await response.write(self.redactor.scrub(event))
         except ConnectionError:
             return response  # the client left; the upstream call and its record go on
         await response.write_eof()

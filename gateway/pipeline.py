@@ -31,7 +31,7 @@ from gateway.errors import GatewayError
 from gateway.metrics import Metrics
 from gateway.pricing import Costs
 from gateway.samples import SampleLedger
-from gateway.singleflight import Feed, SingleFlight
+from gateway.singleflight import Feed, SingleFlight, run_detached
 from gateway.streaming import DONE, StreamAssembler, replay_events, sse_event
 from gateway.upstream import Attempts, Upstream, invalid_answer
 from gateway.usage_memo import UsageMemo
@@ -207,12 +207,11 @@ class Pipeline:
         feed = Feed()
         work = lambda: self._fetch_stream(call, feed, chat)  # noqa: E731
         if call.cache_mode == "bypass":
-            task = asyncio.ensure_future(work())
+            task = run_detached(work)
         else:
             task = self.flights.start(call.key, work)
             self.feeds[call.key] = feed
             task.add_done_callback(lambda _: self._forget_feed(call.key, feed))
-        task.add_done_callback(_retrieved)  # its failure reaches every client through the feed
         return "miss", await _started(_read_own(feed, include_usage))
 
     def _forget_feed(self, key: str, feed: Feed[Any]) -> None:
@@ -263,7 +262,10 @@ class Pipeline:
             finally:  # only now: a client told of the failure may ask again at once
                 feed.put(error)
             raise error from exc
-        body = orjson.dumps(data)
+        raw = orjson.dumps(data)
+        body = upstream.scrub(raw)  # a key can be split across two events, each clean alone
+        if body is not raw:
+            data = orjson.loads(body)
         try:
             await self._store(call, "miss", started, body, request, attempts, data)
         except GatewayError as exc:  # not recorded: the stream must not end as if it were
@@ -374,12 +376,6 @@ async def _chain(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[byte
     yield first
     async for event in rest:
         yield event
-
-
-def _retrieved(task: asyncio.Future[Any]) -> None:
-    """Mark a detached flight's failure as seen: its clients heard of it through the feed."""
-    if not task.cancelled():
-        task.exception()
 
 
 def _include_usage(body: dict[str, Any] | None) -> bool:

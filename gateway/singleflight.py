@@ -9,6 +9,29 @@ from typing import Generic, TypeVar
 T = TypeVar("T")
 
 
+_detached: set[asyncio.Task[object]] = set()
+
+
+def run_detached(work: Callable[[], Awaitable[T]]) -> asyncio.Task[T]:
+    """Run ``work`` as a task no caller's cancellation reaches, kept alive until it is done.
+
+    Its failure is delivered to whoever awaits the task; when nobody does (the
+    one caller left, or had already been told through another channel) it is
+    marked retrieved, so asyncio does not log "Task exception was never
+    retrieved" with a traceback of a failure that was already handled.
+    """
+    task: asyncio.Task[T] = asyncio.ensure_future(work())  # type: ignore[arg-type]
+    _detached.add(task)  # type: ignore[arg-type]
+    task.add_done_callback(_settled)
+    return task
+
+
+def _settled(task: asyncio.Task[object]) -> None:
+    _detached.discard(task)
+    if not task.cancelled():
+        task.exception()  # marks it retrieved; awaiting callers still get it raised
+
+
 class SingleFlight(Generic[T]):
     """Runs at most one task per key; later callers with the same key await its result.
 
@@ -25,7 +48,7 @@ class SingleFlight(Generic[T]):
 
     def start(self, key: str, work: Callable[[], Awaitable[T]]) -> asyncio.Task[T]:
         """Start ``work`` as the flight for ``key``; it is forgotten once done."""
-        task: asyncio.Task[T] = asyncio.ensure_future(work())  # type: ignore[arg-type]
+        task = run_detached(work)
         self._flights[key] = task
         task.add_done_callback(lambda done: self._forget(key, done))
         return task

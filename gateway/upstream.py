@@ -5,12 +5,17 @@ request queues behind others like anyone else. Only failures that may pass
 are retried: 408, 429, 5xx, timeouts, dropped connections and torn bodies;
 never another 4xx. Every attempt is noted for the record, and the client
 sees an error only after the last one.
+
+Secrets are masked here, where upstream bytes enter the gateway: an answer,
+each stream event and each error message is scrubbed before anything
+records, indexes or sends it, so a key an upstream echoes is never stored and
+never served to a later hit.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +33,7 @@ from gateway.batcher import MicroBatcher, single_prompt
 from gateway.config import ModelConfig
 from gateway.errors import UpstreamError
 from gateway.providers.base import Provider, Reply
+from gateway.redaction import Redactor
 from gateway.scheduler import MAX_PAUSE_S, Scheduler
 from gateway.tokens import OutputEstimate, input_tokens
 
@@ -68,9 +74,10 @@ def _retryable(exc: BaseException) -> bool:
 class Upstream:
     """Calls one model's provider within its limits, retrying what may pass."""
 
-    def __init__(self, model: ModelConfig, provider: Provider) -> None:
+    def __init__(self, model: ModelConfig, provider: Provider, redactor: Redactor | None = None) -> None:
         self.model = model
         self.provider = provider
+        self.redactor = redactor if redactor is not None else Redactor()
         self.scheduler = Scheduler(model.name, model.limits())
         self.output = OutputEstimate()
         self._backoff = wait_exponential_jitter(
@@ -132,8 +139,9 @@ class Upstream:
         started = time.monotonic()
         attempts.count += 1
         try:
-            answered = Answered.parse(await self.provider.call(endpoint, body))
+            answered = Answered.parse(await self.provider.call(endpoint, body), self.redactor.scrub)
         except UpstreamError as exc:
+            self._scrub_error(exc)
             attempts.failed(exc, started)
             self.scheduler.release(ticket)
             if exc.status == 429:
@@ -188,12 +196,13 @@ class Upstream:
         answered = False
         try:
             async for payload in self.provider.stream(endpoint, body):
-                event = Event.parse(payload)
+                event = Event.parse(payload, self.redactor.scrub if self.redactor else None)
                 answered = answered or bool(event.chunk.get("choices"))
                 yield event
             if not answered:
                 raise invalid_answer(endpoint, "the stream carried no choice")
         except UpstreamError as exc:
+            self._scrub_error(exc)
             attempts.failed(exc, started)
             if exc.status == 429:
                 self.scheduler.throttled(exc.retry_after)
@@ -201,6 +210,16 @@ class Upstream:
         finally:
             self.scheduler.release(ticket)
         self.scheduler.succeeded()
+
+    def scrub(self, body: bytes) -> bytes:
+        """JSON ``body`` with every known secret masked (for answers assembled from scrubbed events,
+        since a key can be split across two of them)."""
+        return self.redactor.scrub(body)
+
+    def _scrub_error(self, error: UpstreamError) -> None:
+        """Mask secrets in an upstream's error message (and the exception's own text, for tracebacks)."""
+        error.message = self.redactor.scrub_text(error.message)
+        error.args = (error.message,)
 
     async def close(self) -> None:
         """Close the provider."""
@@ -236,12 +255,22 @@ class Event:
     chunk: dict[str, Any]
 
     @classmethod
-    def parse(cls, payload: bytes) -> Event:
-        """Parse ``payload``: invalid JSON is a torn stream, an error event an upstream failure."""
+    def parse(cls, payload: bytes, scrub: Callable[[bytes], bytes] | None = None) -> Event:
+        """Parse ``payload``: invalid JSON is a torn stream, an error event an upstream failure.
+
+        With ``scrub``, secrets are masked on orjson's canonical form of the
+        event (an upstream may escape a key's characters any way JSON allows);
+        the upstream's own bytes pass on when nothing was masked.
+        """
         try:
             chunk = orjson.loads(payload)
         except orjson.JSONDecodeError as exc:
             raise torn_body(exc) from exc
+        if scrub is not None:
+            canonical = orjson.dumps(chunk)
+            scrubbed = scrub(canonical)
+            if scrubbed is not canonical:
+                payload, chunk = scrubbed, orjson.loads(scrubbed)
         if not isinstance(chunk, dict):
             raise invalid_answer("stream", f"an event is {type(chunk).__name__}, not an object")
         if chunk.get("error") is not None or chunk.get("object") == "error":
@@ -263,13 +292,17 @@ class Answered:
     batched: bool = False
 
     @classmethod
-    def parse(cls, reply: Reply) -> Answered:
-        """Parse ``reply``; a body that is not JSON is a torn answer (502)."""
+    def parse(cls, reply: Reply, scrub: Callable[[bytes], bytes] | None = None) -> Answered:
+        """Parse ``reply``, masking secrets with ``scrub``; a body that is not JSON is a torn answer (502)."""
         try:
             data = orjson.loads(reply.body)
         except orjson.JSONDecodeError as exc:
             raise torn_body(exc) from exc
-        return cls(data, orjson.dumps(data), reply.headers)
+        body = orjson.dumps(data)
+        scrubbed = scrub(body) if scrub is not None else body
+        if scrubbed is not body:  # a secret was masked: the parsed answer must say so too
+            data = orjson.loads(scrubbed)
+        return cls(data, scrubbed, reply.headers)
 
     @property
     def usage(self) -> dict[str, Any] | None:

