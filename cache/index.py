@@ -25,6 +25,7 @@ from typing import Any, Generic, TypeVar
 import diskcache
 import orjson
 
+from cache import embeddings
 from cache.records import ReadReport, read_records, shard_paths
 from cache.runs import list_runs, run_dir
 from cache.validity import invalid_reason
@@ -237,19 +238,33 @@ def rebuild_index(cache_dir: Path, report: ReadReport | None = None) -> int:
     winners: dict[str, tuple[float, int, int]] = {}
     for shard_number, ordinal, record in _indexable_records(shards, report):
         position = (_recorded_at(record), shard_number, ordinal)
-        key = record["key"]
-        if key not in winners or position > winners[key]:
-            winners[key] = position
-    chosen = {(shard, ordinal) for _, shard, ordinal in winners.values()}
+        for key in _entry_keys(record):
+            if key not in winners or position > winners[key]:
+                winners[key] = position
+    chosen = {(shard, ordinal, key) for key, (_, shard, ordinal) in winners.items()}
     index = ResponseIndex(cache_dir)
     try:
         index.clear()
         for shard_number, ordinal, record in _indexable_records(shards, None):
-            if (shard_number, ordinal) in chosen:
-                index.set(record["key"], orjson.dumps(record["response"]))
+            for key, body in index_entries(record):
+                if (shard_number, ordinal, key) in chosen:
+                    index.set(key, body)
         return len(winners)
     finally:
         index.close()
+
+
+def index_entries(record: dict[str, Any]) -> list[tuple[str, bytes]]:
+    """The (key, body) entries a record makes: its answer, or one per embedded input it paid for."""
+    if record.get("endpoint") == embeddings.EMBEDDINGS:
+        return embeddings.entries(record)
+    return [(record["key"], orjson.dumps(record["response"]))]
+
+
+def _entry_keys(record: dict[str, Any]) -> list[str]:
+    if record.get("endpoint") == embeddings.EMBEDDINGS:
+        return [key for _, key, _ in record.get("parts") or []]
+    return [record["key"]]
 
 
 def _indexable_records(

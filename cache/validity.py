@@ -47,10 +47,33 @@ def _not_empty(data: dict[str, Any]) -> str | None:
     return None if data else "an empty object"
 
 
+def _embeddings(data: dict[str, Any]) -> str | None:
+    items = data.get("data")
+    if not isinstance(items, list) or not items:
+        return "no data"
+    for position, item in enumerate(items):
+        if not isinstance(item, dict) or not isinstance(item.get("embedding"), list | str):
+            return f"item {position} has no embedding"
+        if not isinstance(item.get("index"), int):
+            return f"item {position} has no integer index"
+    return None
+
+
+def _response(data: dict[str, Any]) -> str | None:
+    """A Responses API answer: an ``output`` list, and a status that means the model finished."""
+    if not isinstance(data.get("output"), list):
+        return "no output"
+    if data.get("status", "completed") not in ("completed", "incomplete"):
+        return f"its status is {data.get('status')!r}"
+    return None
+
+
 # Endpoint → the shape its answer must have (beyond being an object without ``error``).
 CHECKS: dict[str, Check] = {
     "/v1/completions": _choices("text", str),
     "/v1/chat/completions": _choices("message", dict),
+    "/v1/responses": _response,
+    "/v1/embeddings": _embeddings,
     "/tokenize": _has("tokens", list),
     "/detokenize": _has("prompt", str),
     "/tokenizer_info": _not_empty,

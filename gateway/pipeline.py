@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 import orjson
 
+from cache import embeddings
 from cache.index import ResponseIndex
 from cache.keys import sample_key
 from cache.records import RECORD_SCHEMA, RecordWriteError, RecordWriter
@@ -32,7 +33,7 @@ from gateway.metrics import Metrics
 from gateway.pricing import Costs
 from gateway.samples import SampleLedger
 from gateway.singleflight import Feed, SingleFlight, run_detached
-from gateway.streaming import DONE, StreamAssembler, replay_events, sse_event
+from gateway.streaming import DONE, assembler_for, carries_answer, replay_events, sse_event
 from gateway.upstream import Attempts, Upstream, invalid_answer
 from gateway.usage_memo import UsageMemo
 
@@ -42,6 +43,8 @@ CacheMode = Literal["use", "refresh", "bypass"]
 Served = Literal["miss", "hit", "coalesced", "batched"]
 
 _END = object()
+# Endpoints whose streams report usage only when asked (the Responses API always does).
+USAGE_ON_REQUEST = frozenset({"/v1/completions", "/v1/chat/completions"})
 
 
 @dataclass(frozen=True)
@@ -68,7 +71,7 @@ class Call:
         body.pop("api_key", None)  # the provider's key comes from config, never from a client
         if "model" in body or self.endpoint.startswith("/v1/"):
             body["model"] = self.model.target_model
-        if self.stream:
+        if self.stream and self.endpoint in USAGE_ON_REQUEST:
             body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
         return body
 
@@ -178,6 +181,61 @@ class Pipeline:
         except (OSError, sqlite3.Error) as exc:  # e.g. a full disk: the kept record still stands
             log.warning("index write failed (%s); `gateway cache rebuild` restores it from the records", exc)
 
+    # -- embeddings ------------------------------------------------------------
+
+    async def embed(self, call: Call, inputs: list[Any], keys: list[str]) -> Answer:
+        """An embeddings answer from each input's entry; only the inputs not cached go upstream, once each."""
+        started = time.time()
+        parts: dict[str, bytes] = {}
+        if call.cache_mode == "use":
+            for key in dict.fromkeys(keys):
+                cached = await self.index.aget(key) or self.index.recent(key)
+                if cached is not None:
+                    parts[key] = cached
+        first = {key: inputs[i] for i, key in reversed(list(enumerate(keys)))}
+        missing = [key for key in dict.fromkeys(keys) if key not in parts]
+        request, attempts, paid = None, Attempts(), []
+        if missing:
+            request = {**(call.upstream_body() or {}), "input": [first[key] for key in missing]}
+            try:
+                answered = await self.upstreams[call.model.name].call(call.endpoint, request, attempts)
+                if len(answered.data["data"]) != len(missing):
+                    raise invalid_answer(
+                        call.endpoint, f"{len(answered.data['data'])} embeddings for {len(missing)} inputs"
+                    )
+            except GatewayError as exc:
+                await self._record(call, "miss", started, error=exc, request=request, attempts=attempts)
+                raise
+            items = sorted(answered.data["data"], key=lambda item: item["index"])
+            tokens = embeddings.token_shares(answered.data, request["input"])
+            for key, item, count in zip(missing, items, tokens, strict=True):
+                parts[key] = embeddings.part_body(item, answered.data.get("model"), count)
+                paid.append((key, count))
+        data = embeddings.assemble([parts[key] for key in keys])
+        body = orjson.dumps(data)
+        served: Served = "miss" if missing else "hit"
+        position = {key: i for i, key in reversed(list(enumerate(keys)))}
+        record_parts = [[position[key], key, count] for key, count in paid]
+        spent = sum(count for _, count in paid)  # the record's usage (and cost) is what this request paid
+        paid_data = {**data, "usage": {"prompt_tokens": spent, "total_tokens": spent}}
+        await self._record(
+            call,
+            served,
+            started,
+            body=body,
+            request=request,
+            attempts=attempts,
+            data=paid_data,
+            parts=record_parts,
+        )
+        if call.cache_mode != "bypass":
+            for key, _ in paid:
+                try:
+                    await self.index.aset(key, parts[key])
+                except (OSError, sqlite3.Error) as exc:
+                    log.warning("index write failed (%s); `gateway cache rebuild` restores it", exc)
+        return Answer(body, served)
+
     # -- streamed answers ------------------------------------------------------
 
     async def answer_stream(self, call: Call) -> tuple[Served, AsyncIterator[bytes]]:
@@ -189,13 +247,12 @@ class Pipeline:
         event as they arrive.
         """
         include_usage = _include_usage(call.body)
-        chat = call.endpoint.endswith("/chat/completions")
         started = time.time()
         if call.cache_mode == "use":
             cached = await self.index.aget(call.key) or self.index.recent(call.key)
             if cached is not None:
                 await self._record(call, "hit", started, body=cached)
-                return "hit", _aiter(replay_events(orjson.loads(cached), chat, include_usage))
+                return "hit", _aiter(replay_events(orjson.loads(cached), call.endpoint, include_usage))
         if call.cache_mode != "bypass" and (flight := self.flights.join(call.key)) is not None:
             feed = self.feeds.get(call.key)
             if feed is not None:  # a streamed call for it is under way
@@ -203,16 +260,16 @@ class Pipeline:
                     self._read_along(call, feed, flight, started, include_usage)
                 )
             answer = await self._follow(call, flight, started)  # a plain call for it is under way
-            return "coalesced", _aiter(replay_events(orjson.loads(answer.body), chat, include_usage))
+            return "coalesced", _aiter(replay_events(orjson.loads(answer.body), call.endpoint, include_usage))
         feed = Feed()
-        work = lambda: self._fetch_stream(call, feed, chat)  # noqa: E731
+        work = lambda: self._fetch_stream(call, feed)  # noqa: E731
         if call.cache_mode == "bypass":
             task = run_detached(work)
         else:
             task = self.flights.start(call.key, work)
             self.feeds[call.key] = feed
             task.add_done_callback(lambda _: self._forget_feed(call.key, feed))
-        return "miss", await _started(_read_own(feed, include_usage))
+        return "miss", await _started(_read_own(feed, call.endpoint, include_usage))
 
     def _forget_feed(self, key: str, feed: Feed[Any]) -> None:
         if self.feeds.get(key) is feed:
@@ -226,7 +283,7 @@ class Pipeline:
         async for item in feed.read():
             if item is _END or isinstance(item, GatewayError):
                 break
-            if item.chunk.get("choices") or include_usage:
+            if include_usage or carries_answer(call.endpoint, item.chunk):
                 sent = True
                 yield sse_event(item.payload)
         try:
@@ -238,11 +295,11 @@ class Pipeline:
             return
         yield DONE
 
-    async def _fetch_stream(self, call: Call, feed: Feed[Any], chat: bool) -> Answer:
+    async def _fetch_stream(self, call: Call, feed: Feed[Any]) -> Answer:
         started, started_monotonic = time.time(), time.monotonic()
         request = call.upstream_body()
         assert request is not None
-        assembler = StreamAssembler(chat)
+        assembler = assembler_for(call.endpoint)
         attempts = Attempts()
         upstream = self.upstreams[call.model.name]
         try:
@@ -287,6 +344,7 @@ class Pipeline:
         request: Any = None,
         attempts: Attempts | None = None,
         data: Any = None,
+        parts: list[list[Any]] | None = None,
     ) -> None:
         now = time.time()
         response = self.usage.response(call.key, body, data)
@@ -316,6 +374,8 @@ class Pipeline:
             "sample": call.sample,
             "sample_of": call.sample_of,
         }
+        if parts is not None:  # embeddings: the inputs this request paid for (cache.embeddings)
+            record["parts"] = parts
         record.update(self.costs.of(call.model, record, response))
         if (
             error is not None
@@ -349,7 +409,7 @@ async def _aiter(events: list[bytes]) -> AsyncIterator[bytes]:
         yield event
 
 
-async def _read_own(feed: Feed[Any], include_usage: bool) -> AsyncIterator[bytes]:
+async def _read_own(feed: Feed[Any], endpoint: str, include_usage: bool) -> AsyncIterator[bytes]:
     """The leader's events; a failure before the first one is raised, later ones end the stream."""
     sent = False
     async for item in feed.read():
@@ -361,7 +421,7 @@ async def _read_own(feed: Feed[Any], include_usage: bool) -> AsyncIterator[bytes
                 raise item
             yield sse_event(orjson.dumps(item.payload()))
             return
-        if item.chunk.get("choices") or include_usage:
+        if include_usage or carries_answer(endpoint, item.chunk):
             sent = True
             yield sse_event(item.payload)
 

@@ -66,7 +66,7 @@ def litellm_price_map() -> Mapping[str, Any]:
 
 def is_local(model: ModelConfig) -> bool:
     """Whether the model runs on this machine (and so costs nothing per token)."""
-    if model.provider == "vllm" or model.launch is not None:
+    if model.capabilities.local or model.launch is not None:
         return True
     host = urlparse(model.api_base or "").hostname or ""
     return host in _LOCAL_HOSTS or host.startswith("127.")
@@ -114,7 +114,7 @@ class Costs:
         self._tiktoken: dict[str, str | None] = {}
         for model in models:
             price = self.prices[model.name] = resolve_price(model)
-            self._tiktoken[model.name] = model.target_model if model.provider == "litellm" else None
+            self._tiktoken[model.name] = model.target_model if model.capabilities.tiktoken else None
             if price is None:
                 log.warning("no price known for model %s: its cost is recorded as null", model.name)
 

@@ -12,6 +12,23 @@ from typing import Any
 import orjson
 
 DONE = b"data: [DONE]\n\n"
+RESPONSES = "/v1/responses"
+# Responses API events that end an answer; the event carries the whole response.
+_FINAL = ("response.completed", "response.incomplete")
+
+
+def carries_answer(endpoint: str, chunk: dict[str, Any]) -> bool:
+    """Whether a stream event is part of the answer (a usage-only chunk is not)."""
+    if endpoint == RESPONSES:
+        return str(chunk.get("type", "")).startswith("response.")
+    return bool(chunk.get("choices"))
+
+
+def assembler_for(endpoint: str) -> StreamAssembler | ResponsesAssembler:
+    """What folds ``endpoint``'s stream into the answer the same request without ``stream`` gets."""
+    if endpoint == RESPONSES:
+        return ResponsesAssembler()
+    return StreamAssembler(endpoint.endswith("/chat/completions"))
 
 
 def sse_event(payload: bytes) -> bytes:
@@ -151,8 +168,11 @@ def _has_indexed_entries(value: Any) -> bool:
     return isinstance(value, list) and any(isinstance(e, dict) and "index" in e for e in value)
 
 
-def replay_events(response: dict[str, Any], chat: bool, include_usage: bool) -> list[bytes]:
+def replay_events(response: dict[str, Any], endpoint: str, include_usage: bool) -> list[bytes]:
     """A stored response as the event stream that would have produced it."""
+    if endpoint == RESPONSES:
+        return replay_response_events(response)
+    chat = endpoint.endswith("/chat/completions")
     head = {k: response.get(k) for k in ("id", "created", "model")}
     head["object"] = "chat.completion.chunk" if chat else "text_completion"
     events = []
@@ -179,3 +199,50 @@ def _delta_of(message: dict[str, Any]) -> dict[str, Any]:
             {"index": i, **call} for i, call in enumerate(delta["tool_calls"]) if isinstance(call, dict)
         ]
     return delta
+
+
+class ResponsesAssembler:
+    """A Responses API stream's answer: the response its ``response.completed`` event carries."""
+
+    def __init__(self) -> None:
+        self.final: dict[str, Any] | None = None
+
+    def add(self, chunk: dict[str, Any]) -> None:
+        """Fold one parsed event in."""
+        if chunk.get("type") in _FINAL and isinstance(chunk.get("response"), dict):
+            self.final = chunk["response"]
+
+    def incomplete_reason(self) -> str | None:
+        """Why the stream is not a whole answer (it never completed), else None."""
+        return None if self.final is not None else "the stream ended before response.completed"
+
+    def response(self) -> dict[str, Any]:
+        """The completed response."""
+        return self.final if self.final is not None else {}
+
+
+def replay_response_events(response: dict[str, Any]) -> list[bytes]:
+    """A stored Responses API answer as the event stream the openai SDK's stream helpers accept."""
+    events: list[dict[str, Any]] = []
+
+    def emit(kind: str, **fields: Any) -> None:
+        events.append({"type": kind, "sequence_number": len(events), **fields})
+
+    emit("response.created", response={**response, "status": "in_progress", "output": []})
+    emit("response.in_progress", response={**response, "status": "in_progress", "output": []})
+    for out, item in enumerate(response.get("output") or []):
+        if not isinstance(item, dict):
+            continue
+        parts = item.get("content") if item.get("type") == "message" else None
+        emit("response.output_item.added", output_index=out, item={**item, "content": []} if parts else item)
+        for at, part in enumerate(parts or []):
+            where = {"item_id": item.get("id"), "output_index": out, "content_index": at}
+            text = part.get("text") if part.get("type") == "output_text" else None
+            emit("response.content_part.added", **where, part={**part, "text": ""} if text else part)
+            if text:
+                emit("response.output_text.delta", **where, delta=text, logprobs=[])
+                emit("response.output_text.done", **where, text=text, logprobs=[])
+            emit("response.content_part.done", **where, part=part)
+        emit("response.output_item.done", output_index=out, item=item)
+    emit("response.completed", response=response)  # as vLLM ends every stream, its status inside
+    return [sse_event(orjson.dumps(event)) for event in events]

@@ -31,10 +31,11 @@ from tenacity import (
 from cache.validity import invalid_reason
 from gateway.batcher import MicroBatcher, single_prompt
 from gateway.config import ModelConfig
-from gateway.errors import UpstreamError
+from gateway.errors import UpstreamError, not_supported
 from gateway.providers.base import Provider, Reply
 from gateway.redaction import Redactor
 from gateway.scheduler import MAX_PAUSE_S, Scheduler
+from gateway.streaming import carries_answer
 from gateway.tokens import OutputEstimate, input_tokens
 
 
@@ -63,6 +64,9 @@ class Attempts:
         self.errors.append(failure)
 
 
+# Responses API events that mean the generation failed.
+_FAILED = ("error", "response.failed")
+
 # How much of an invalid answer a record keeps: enough to see what went wrong.
 KEPT_BODY_BYTES = 64 * 1024
 
@@ -83,13 +87,19 @@ class Upstream:
         self._backoff = wait_exponential_jitter(
             multiplier=model.retries.initial_s, max=model.retries.max_s, jitter=model.retries.initial_s
         )
-        self._tiktoken_model = model.target_model if model.provider == "litellm" else None
+        self._tiktoken_model = model.target_model if provider.tiktoken else None
         batching = model.batching
         self.batcher = (
             MicroBatcher(batching.window_ms / 1000, batching.max_batch, self._send_batch)
             if batching
             else None
         )
+
+    def _check_served(self, endpoint: str) -> None:
+        """501 before any call for an endpoint the provider says it does not serve."""
+        served = self.provider.endpoints
+        if served is not None and endpoint not in served:
+            raise not_supported(endpoint, self.provider.name)
 
     def _wait(self, state: RetryCallState) -> float:
         """Exponential backoff with jitter, but never less than the upstream asked for."""
@@ -111,6 +121,7 @@ class Upstream:
         Batchable completions go through the micro-batcher when it is on; their
         answer is marked ``batched`` and carries the shared call's attempts.
         """
+        self._check_served(endpoint)
         if self.batcher and endpoint == "/v1/completions" and body:
             prompt = single_prompt(body)
             if prompt is not None:
@@ -171,13 +182,14 @@ class Upstream:
         ``error`` event is an upstream failure wherever it comes (vLLM ends a
         failing generation with one and then ``[DONE]``), never part of an answer.
         """
+        self._check_served(endpoint)
         async for attempt in self._retrying():
             with attempt:
                 events = self._stream_once(endpoint, body, attempts)
                 held = []
                 async for event in events:  # _stream_once raises if none carries a choice
                     held.append(event)
-                    if event.chunk.get("choices"):
+                    if carries_answer(endpoint, event.chunk):
                         break
         attempts.first_event_at = time.time()
         for event in held:
@@ -197,7 +209,7 @@ class Upstream:
         try:
             async for payload in self.provider.stream(endpoint, body):
                 event = Event.parse(payload, self.redactor.scrub if self.redactor else None)
-                answered = answered or bool(event.chunk.get("choices"))
+                answered = answered or carries_answer(endpoint, event.chunk)
                 yield event
             if not answered:
                 raise invalid_answer(endpoint, "the stream carried no choice")
@@ -273,7 +285,7 @@ class Event:
                 payload, chunk = scrubbed, orjson.loads(scrubbed)
         if not isinstance(chunk, dict):
             raise invalid_answer("stream", f"an event is {type(chunk).__name__}, not an object")
-        if chunk.get("error") is not None or chunk.get("object") == "error":
+        if chunk.get("error") is not None or chunk.get("object") == "error" or chunk.get("type") in _FAILED:
             raise stream_error(chunk)
         return cls(payload, chunk)
 

@@ -78,6 +78,7 @@ class StandIn:
         app.router.add_post("/v1/completions", self._completions)
         app.router.add_post("/v1/chat/completions", self._completions)
         app.router.add_get("/v1/models", self._models)
+        app.router.add_post("/v1/embeddings", self._embeddings)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -88,6 +89,23 @@ class StandIn:
         self.released.set()
         if self._runner is not None:
             await self._runner.cleanup()
+
+    async def _embeddings(self, request: web.Request) -> web.Response:
+        """A vector per input that depends on the input alone, and which inputs were asked for."""
+        self.calls[request.path] += 1
+        body = await request.json()
+        self.bodies_seen.append(body)
+        inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        data = [
+            {
+                "object": "embedding",
+                "index": i,
+                "embedding": [float(len(str(x))), float(sum(map(ord, str(x))) % 97)],
+            }
+            for i, x in enumerate(inputs)
+        ]
+        usage = {"prompt_tokens": 2 * len(inputs), "total_tokens": 2 * len(inputs)}
+        return web.json_response({"object": "list", "data": data, "model": "standin", "usage": usage})
 
     async def _models(self, request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [{"id": "standin", "object": "model"}]})

@@ -164,7 +164,7 @@ async def test_tokenizer_endpoints_say_they_are_not_supported(
     gateway = await make_gateway(litellm_yaml(standin.api_base, name="standin"))
     response = await gateway.post("/tokenize", {"model": "standin", "prompt": "x"})
     assert response.status == 501
-    assert "not supported for litellm models" in (await response.json())["error"]["message"]
+    assert "not supported by provider litellm" in (await response.json())["error"]["message"]
     assert sum(standin.calls.values()) == 0
 
 

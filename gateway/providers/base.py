@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 
 @dataclass(frozen=True)
@@ -18,7 +18,10 @@ class Reply:
 class Provider(Protocol):
     """Sends one request upstream. Raises ``gateway.errors.UpstreamError`` on failure."""
 
-    name: str
+    name: ClassVar[str]
+    endpoints: ClassVar[frozenset[str] | None]
+    local: ClassVar[bool]
+    tiktoken: ClassVar[bool]
 
     async def call(self, endpoint: str, body: dict[str, Any] | None) -> Reply:
         """The upstream's 200 answer for ``endpoint`` (GET when ``body`` is None)."""
@@ -35,3 +38,22 @@ class Provider(Protocol):
     async def close(self) -> None:
         """Release what the provider holds (sessions, engines)."""
         ...
+
+
+class Capabilities:
+    """What a provider can do, as class attributes the gateway reads instead of checking its name.
+
+    Subclass it, override what differs, and register the class with
+    ``gateway.providers.register``.
+    """
+
+    name: ClassVar[str] = ""  # set by ``register``
+    # The gateway endpoints it serves; None: every one. Others get 501 before any call.
+    endpoints: ClassVar[frozenset[str] | None] = None
+    local: ClassVar[bool] = False  # runs on this machine: free per token unless a price is configured
+    tiktoken: ClassVar[bool] = False  # OpenAI-style model names: tiktoken counts their tokens exactly
+
+    @classmethod
+    def create(cls, model: Any, session: Any) -> Any:
+        """An instance for ``model``; ``session`` is the app's pooled aiohttp session, for HTTP providers."""
+        return cls(model)  # type: ignore[call-arg]

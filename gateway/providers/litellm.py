@@ -21,11 +21,13 @@ from gateway.config import ModelConfig
 from gateway.errors import (
     GatewayError,
     UpstreamError,
+    not_supported,
     upstream_failure,
     upstream_timeout,
     upstream_unreachable,
 )
-from gateway.providers.base import Reply
+from gateway.providers import register
+from gateway.providers.base import Capabilities, Reply
 
 # Fields the provider sets itself; a body never overrides them.
 _OWN = ("model", "api_key", "api_base", "base_url", "timeout", "max_retries", "num_retries", "stream")
@@ -41,20 +43,14 @@ def import_litellm() -> ModuleType:
     return litellm
 
 
-def not_supported(endpoint: str) -> GatewayError:
-    """501 for endpoints hosted providers do not offer (tokenizers, model listings)."""
-    return GatewayError(
-        501,
-        f"{endpoint} is not supported for litellm models: hosted providers expose no tokenizer endpoints",
-        "invalid_request_error",
-        "not_supported",
-    )
+@register("litellm")
+class LiteLLMProvider(Capabilities):
+    """``/v1/chat/completions`` → ``litellm.acompletion``, ``/v1/completions`` → ``atext_completion``,
+    ``/v1/embeddings`` → ``aembedding``, ``/v1/responses`` → ``aresponses``."""
 
-
-class LiteLLMProvider:
-    """``/v1/chat/completions`` → ``litellm.acompletion``, ``/v1/completions`` → ``atext_completion``."""
-
-    name = "litellm"
+    # Hosted providers expose no tokenizer endpoints.
+    endpoints = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses"})
+    tiktoken = True
 
     def __init__(self, model: ModelConfig) -> None:
         self.model = model
@@ -78,13 +74,17 @@ class LiteLLMProvider:
             return self.litellm.acompletion
         if endpoint == "/v1/completions":
             return self.litellm.atext_completion
-        raise not_supported(endpoint)
+        if endpoint == "/v1/embeddings":
+            return self.litellm.aembedding
+        if endpoint == "/v1/responses":  # litellm translates it to chat for providers without it
+            return self.litellm.aresponses
+        raise not_supported(endpoint, self.name)
 
     async def call(self, endpoint: str, body: dict[str, Any] | None) -> Reply:
         """One completion, as OpenAI JSON, with the rate-limit headers litellm saw."""
         function = self._function(endpoint)
         if body is None:
-            raise not_supported(endpoint)
+            raise not_supported(endpoint, self.name)
         try:
             response = await function(**self._kwargs(body))
         except Exception as exc:

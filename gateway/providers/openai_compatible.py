@@ -15,13 +15,19 @@ import orjson
 
 from gateway.config import ModelConfig
 from gateway.errors import upstream_status, upstream_timeout, upstream_unreachable
-from gateway.providers.base import Reply
+from gateway.providers import register
+from gateway.providers.base import Capabilities, Reply
+from gateway.streaming import RESPONSES
 
 
-class OpenAICompatibleProvider:
+@register("openai-compatible")
+class OpenAICompatibleProvider(Capabilities):
     """Calls ``{api_base}/…`` for ``/v1/…`` endpoints and the server root for tokenizer ones."""
 
-    name = "openai-compatible"
+    @classmethod
+    def create(cls, model: ModelConfig, session: aiohttp.ClientSession) -> OpenAICompatibleProvider:
+        """A provider on the app's pooled session."""
+        return cls(model, session)
 
     def __init__(self, model: ModelConfig, session: aiohttp.ClientSession) -> None:
         self.model = model
@@ -88,6 +94,10 @@ class OpenAICompatibleProvider:
                             return
                         yield payload
                 if data and b"\n".join(data) == b"[DONE]":
+                    return
+                if endpoint == RESPONSES:  # its events end without [DONE]; response.completed ends the answer
+                    if data:
+                        yield b"\n".join(data)
                     return
                 # A torn stream is a failed answer, never a short one.
                 raise upstream_unreachable("the event stream ended before [DONE]")

@@ -24,8 +24,9 @@ from typing import Any
 import orjson
 
 from gateway.config import ModelConfig
-from gateway.errors import GatewayError, UpstreamError, upstream_timeout
-from gateway.providers.base import Reply
+from gateway.errors import GatewayError, UpstreamError, not_supported, upstream_failure, upstream_timeout
+from gateway.providers import register
+from gateway.providers.base import Capabilities, Reply
 
 log = logging.getLogger("gateway.vllm")
 
@@ -70,10 +71,12 @@ class _Serving:
         self.tokenization = state.serving_tokenization
 
 
-class VLLMEngineProvider:
+@register("vllm")
+class VLLMEngineProvider(Capabilities):
     """Serves completions, chat and the tokenizer endpoints from an engine in this process."""
 
-    name = "vllm"
+    endpoints = frozenset({_COMPLETIONS, _CHAT, *_TOKENIZER})
+    local = True
 
     def __init__(self, model: ModelConfig) -> None:
         self.model = model
@@ -244,24 +247,18 @@ def _checked(result: Any) -> Any:
 
 
 def _upstream(error: Any) -> UpstreamError:
-    status = int(error.error.code)
-    return UpstreamError(
-        status, f"upstream returned {status}: {error.error.message}", "upstream_error", status >= 500
-    )
+    # The one mapping every provider shares: 429 and 5xx retried, other 4xx not.
+    return upstream_failure(int(error.error.code), str(error.error.message))
 
 
 def _error_from_payload(payload: bytes) -> UpstreamError:
     error = orjson.loads(payload).get("error") or {}
-    status = int(error.get("code") or 500)
-    message = error.get("message") or "error event"
-    return UpstreamError(status, f"upstream returned {status}: {message}", "upstream_error", status >= 500)
+    return upstream_failure(int(error.get("code") or 500), str(error.get("message") or "error event"))
 
 
 def _bad_request(message: str) -> UpstreamError:
-    return UpstreamError(400, f"upstream returned 400: {message}", "upstream_error", False)
+    return upstream_failure(400, message)
 
 
 def _unsupported(endpoint: str) -> GatewayError:
-    return GatewayError(
-        404, f"{endpoint} is not served by the in-process vLLM engine", "invalid_request_error"
-    )
+    return not_supported(endpoint, "vllm")
