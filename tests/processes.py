@@ -101,6 +101,7 @@ class GatewayProcess:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen[bytes] | None = None
+        self.signalled = False  # SIGTERM goes out once: a second one mid-shutdown makes it exit 1
 
     @property
     def pid(self) -> int:
@@ -135,11 +136,22 @@ class GatewayProcess:
         os.kill(self.process.pid, signal.SIGKILL)
         self.process.wait(10)
 
+    def terminate(self) -> None:
+        """Send SIGTERM, once: graceful shutdown has begun; later calls do nothing."""
+        assert self.process is not None
+        if not self.signalled and self.process.poll() is None:
+            self.signalled = True
+            self.process.send_signal(signal.SIGTERM)
+
     def stop(self) -> int:
-        """SIGTERM and wait; returns the exit code (kills it if it does not stop)."""
+        """SIGTERM (unless already sent) and wait; returns the exit code (kills it if it does not stop).
+
+        Never signals twice: aiohttp treats a SIGTERM that arrives while it is
+        still shutting down as a second GracefulExit and the process exits 1.
+        """
         assert self.process is not None
         if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
+            self.terminate()
             try:
                 return self.process.wait(30)
             except subprocess.TimeoutExpired:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import signal
 from pathlib import Path
 
 import aiohttp
@@ -93,8 +92,7 @@ async def test_sigterm_stops_accepting_lets_in_flight_requests_finish_and_exits_
             standin.script = [Fault("hang")]
             in_flight = asyncio.ensure_future(session.post(gateway.url + "/v1/completions", json=BODY))
             await standin.arrived.wait()
-            assert gateway.process is not None
-            gateway.process.send_signal(signal.SIGTERM)
+            gateway.terminate()
             await until(lambda: _refused(gateway.url + "/healthz"), 30, "the gateway to stop accepting")
             assert not in_flight.done()
             standin.released.set()
