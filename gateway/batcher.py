@@ -19,6 +19,8 @@ from typing import Any
 
 import orjson
 
+from gateway.tokens import trusted_usage
+
 # Sends a merged body; returns the upstream's JSON and a note every waiter gets (its attempts).
 Send = Callable[[dict[str, Any]], Awaitable[tuple[dict[str, Any], Any]]]
 Part = tuple[dict[str, Any], Any]
@@ -102,7 +104,7 @@ def split(data: dict[str, Any], prompts: list[str | list[int]]) -> list[dict[str
     }
     if sorted(choices) != list(range(len(prompts))):
         raise ValueError(f"batched answer has choices {sorted(choices)} for {len(prompts)} prompts")
-    usage = data.get("usage") or {}
+    usage = trusted_usage(data.get("usage"))  # untrusted: each member's record counts its own
     shares = _prompt_shares(prompts)
     head = {k: v for k, v in data.items() if k not in ("choices", "usage")}
     parts = []
@@ -122,9 +124,8 @@ def _prompt_shares(prompts: list[str | list[int]]) -> list[float]:
 
 
 def _usage_share(usage: dict[str, Any], prompt: str | list[int], share: float, count: int) -> dict[str, int]:
-    total_prompt = int(usage.get("prompt_tokens") or 0)
-    prompt_tokens = len(prompt) if isinstance(prompt, list) else round(total_prompt * share)
-    completion = round(int(usage.get("completion_tokens") or 0) / count)
+    prompt_tokens = len(prompt) if isinstance(prompt, list) else round(usage["prompt_tokens"] * share)
+    completion = round(usage["completion_tokens"] / count)
     return {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion,

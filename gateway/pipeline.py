@@ -214,9 +214,10 @@ class Pipeline:
         body = orjson.dumps(data)
         try:
             await self._store(call, "miss", started, body, request, attempts, data)
-        except GatewayError as exc:  # not recorded: the stream must not end as if it were
-            queue.put_nowait(exc)
-            raise
+        except Exception as exc:  # not recorded: the stream must not end as if it were (nor hang)
+            failure = _as_gateway_error(exc)
+            queue.put_nowait(failure)
+            raise failure from exc
         queue.put_nowait(DONE)
         queue.put_nowait(_END)
         return Answer(body, "miss")

@@ -28,7 +28,7 @@ from gateway.config import ModelConfig
 from gateway.errors import UpstreamError
 from gateway.providers.base import Provider, Reply
 from gateway.scheduler import MAX_PAUSE_S, Scheduler
-from gateway.tokens import OutputEstimate, input_tokens
+from gateway.tokens import OutputEstimate, input_tokens, trusted_usage
 
 
 @dataclass
@@ -138,7 +138,7 @@ class Upstream:
         usage = answered.usage
         self.scheduler.release(ticket, usage, answered.headers)
         self.scheduler.succeeded()
-        if usage and isinstance(usage.get("completion_tokens"), int):
+        if usage:
             self.output.observe(usage["completion_tokens"])
         return answered
 
@@ -209,6 +209,5 @@ class Answered:
 
     @property
     def usage(self) -> dict[str, Any] | None:
-        """The answer's ``usage`` object, if it has one."""
-        usage = self.data.get("usage") if isinstance(self.data, dict) else None
-        return usage if isinstance(usage, dict) else None
+        """The answer's ``usage`` object, if it has one whose counts can be believed."""
+        return trusted_usage(self.data.get("usage") if isinstance(self.data, dict) else None)

@@ -2,7 +2,9 @@
 
 Each request takes the next fault from a script (a list), then falls back to a
 normal answer. Faults: an error status with a message, a hang past the
-client's timeout, a connection dropped mid-body, invalid JSON, a torn event stream.
+client's timeout, a connection dropped mid-body, invalid JSON, a torn event stream,
+a 200 with a body of the test's choosing (as one event, when streamed), and a slow
+stream that sends its first event and then waits until the test releases it.
 """
 
 from __future__ import annotations
@@ -20,10 +22,11 @@ from aiohttp import web
 class Fault:
     """One scripted misbehaviour."""
 
-    kind: str  # "status" | "hang" | "drop" | "invalid_json" | "torn_stream"
+    kind: str  # "status" | "hang" | "drop" | "invalid_json" | "torn_stream" | "body" | "slow_stream"
     status: int = 500
     message: str = "scripted failure"
     headers: dict[str, str] = field(default_factory=dict)
+    body: dict | None = None  # for "body": the JSON answered with 200
 
 
 def completion_body(prompt: str) -> dict:
@@ -103,6 +106,12 @@ class StandIn:
             return web.Response(body=b'{"choices": [', content_type="application/json")
         if fault.kind == "torn_stream":
             return await self._stream(request, prompt, torn=True)
+        if fault.kind == "slow_stream":
+            return await self._stream(request, prompt, torn=False, slow=True)
+        if fault.kind == "body":
+            if body.get("stream"):
+                return await self._stream(request, prompt, torn=False, chunk=fault.body)
+            return web.Response(body=orjson.dumps(fault.body), content_type="application/json")
         assert fault.kind == "drop"
         response = web.StreamResponse(headers={"Content-Length": "1000", "Content-Type": "application/json"})
         await response.prepare(request)
@@ -111,12 +120,18 @@ class StandIn:
         request.transport.close()
         return response
 
-    async def _stream(self, request: web.Request, prompt: str, torn: bool) -> web.StreamResponse:
+    async def _stream(
+        self, request: web.Request, prompt: str, torn: bool, slow: bool = False, chunk: dict | None = None
+    ) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
-        chunk = completion_body(prompt)
-        chunk["choices"][0]["finish_reason"] = None
+        if chunk is None:
+            chunk = completion_body(prompt)
+            chunk["choices"][0]["finish_reason"] = None
         await response.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
+        if slow:
+            await self.released.wait()
+            await response.write(b"data: " + orjson.dumps(completion_body("the rest")) + b"\n\n")
         if torn:
             assert request.transport is not None
             request.transport.close()

@@ -1,0 +1,95 @@
+"""Paid answers are never lost: an odd ``usage``, a refused or garbled micro-batch, a shutdown mid-call.
+
+Whatever the upstream was paid for is kept and recorded; a failure is recorded
+too, and is only ever the failing request's own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+import pytest
+
+from tests.conftest import GatewayFactory, RunningGateway, model_yaml
+from tests.standin import Fault, StandIn, completion_body
+
+BODY = {"model": "standin", "prompt": "hello", "max_tokens": 4}
+PRICED = "{input_per_mtok: 1000000, output_per_mtok: 2000000}"  # $1 / $2 a token: costs show
+RETRIES = "{attempts: 3, initial_s: 0.01, max_s: 0.05}"
+
+
+async def priced(make_gateway: GatewayFactory, standin: StandIn, **extra: Any) -> RunningGateway:
+    return await make_gateway(
+        model_yaml(standin.api_base, name="standin", cost=PRICED, retries=RETRIES, timeout_s=5, **extra)
+    )
+
+
+def with_usage(usage: Any, prompt: str = "hello") -> dict[str, Any]:
+    return {**completion_body(prompt), "usage": usage}
+
+
+# -- usage an upstream got wrong -------------------------------------------------------
+
+ODD_USAGES = [
+    {"prompt_tokens": "12", "completion_tokens": 4, "total_tokens": 16},
+    {"prompt_tokens": None, "completion_tokens": None, "total_tokens": None},
+    {"prompt_tokens": {"text": 3}, "completion_tokens": 4},
+    {"prompt_tokens": 3, "completion_tokens": -4, "total_tokens": -1},
+    {"prompt_tokens": True, "completion_tokens": 4.5},
+    "seven",
+]
+
+
+def assert_counted(record: dict[str, Any]) -> None:
+    usage = record["usage"]
+    assert record["status"] == 200 and record["usage_counted"] is True
+    assert all(type(usage[k]) is int and usage[k] >= 0 for k in ("prompt_tokens", "completion_tokens"))
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+    assert record["cost_usd"] == usage["prompt_tokens"] + 2 * usage["completion_tokens"]
+
+
+@pytest.mark.parametrize("usage", ODD_USAGES, ids=range(len(ODD_USAGES)))
+async def test_an_answer_with_non_numeric_usage_is_kept_recorded_and_counted_by_the_gateway(
+    make_gateway: GatewayFactory, standin: StandIn, usage: Any
+) -> None:
+    gateway = await priced(make_gateway, standin)
+    standin.script = [Fault("body", body=with_usage(usage))]
+    response = await gateway.post("/v1/completions", BODY)
+    assert response.status == 200, await response.read()
+    assert orjson.loads(await response.read())["choices"] == with_usage(usage)["choices"]
+    again = await gateway.post("/v1/completions", BODY)
+    assert again.headers["X-Cache"] == "hit"
+    assert standin.calls["/v1/completions"] == 1  # paid once, never again
+    miss, hit = gateway.records()
+    assert_counted(miss)
+    assert hit["served"] == "hit" and hit["cost_usd"] == 0 and hit["cost_saved_usd"] == miss["cost_usd"]
+
+
+async def test_a_stream_with_non_numeric_usage_is_kept_recorded_and_counted_by_the_gateway(
+    make_gateway: GatewayFactory, standin: StandIn
+) -> None:
+    gateway = await priced(make_gateway, standin)
+    standin.script = [Fault("body", body=with_usage({"prompt_tokens": "12", "completion_tokens": "4"}))]
+    response = await gateway.post("/v1/completions", {**BODY, "stream": True})
+    assert response.status == 200 and (await response.read()).endswith(b"data: [DONE]\n\n")
+    (record,) = gateway.records()
+    assert_counted(record)
+
+
+async def test_a_batch_with_non_numeric_usage_is_kept_and_each_member_counted(
+    make_gateway: GatewayFactory, standin: StandIn
+) -> None:
+    gateway = await priced(make_gateway, standin, batching="{window_ms: 1000, max_batch: 2}")
+    both = completion_body("a")
+    both["choices"] = [{**both["choices"][0], "index": i, "text": f" to {p}"} for i, p in enumerate("ab")]
+    standin.script = [
+        Fault("body", body={**both, "usage": {"prompt_tokens": {"a": 1}, "completion_tokens": 8}})
+    ]
+    responses = await asyncio.gather(*(gateway.post("/v1/completions", {**BODY, "prompt": p}) for p in "ab"))
+    assert [r.status for r in responses] == [200, 200]
+    assert standin.calls["/v1/completions"] == 1
+    for record in gateway.records():
+        assert record["served"] == "batched"
+        assert_counted(record)
