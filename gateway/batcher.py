@@ -8,6 +8,12 @@ batched. A group leaves when ``max_batch`` prompts have gathered or
 the response it would have got alone: its own choices (re-indexed from 0) and
 its share of the usage (exact prompt tokens for token-id prompts, else a share
 by prompt length; completion tokens split evenly).
+
+A batch fails only as its members would alone: an answer without exactly one
+choice per prompt is a failed attempt, retried like a 5xx (502
+``upstream_invalid_response`` at the last), and a list the upstream refuses
+with a 4xx is asked again prompt by prompt, so only the prompt at fault gets
+the refusal (see ``gateway.upstream``).
 """
 
 from __future__ import annotations
@@ -97,13 +103,21 @@ class MicroBatcher:
                 waiter.set_result((part, note))
 
 
+def choices_by_prompt(data: Any, count: int) -> dict[int, dict[str, Any]]:
+    """A batched answer's choices by prompt index; ValueError unless there is exactly one per prompt."""
+    listed = data.get("choices") if isinstance(data, dict) else None
+    if not isinstance(listed, list) or not all(isinstance(c, dict) for c in listed):
+        raise ValueError(f"batched answer has no list of choice objects for {count} prompts")
+    choices = {c.get("index", i): c for i, c in enumerate(listed)}
+    if len(listed) != count or set(choices) != set(range(count)):
+        indices = [c.get("index", i) for i, c in enumerate(listed)]
+        raise ValueError(f"batched answer has choices {indices} for {count} prompts")
+    return choices
+
+
 def split(data: dict[str, Any], prompts: list[str | list[int]]) -> list[dict[str, Any]]:
     """One response per prompt from a batched response (choices matched by ``index``)."""
-    choices: dict[int, dict[str, Any]] = {
-        c.get("index", i): c for i, c in enumerate(data.get("choices") or [])
-    }
-    if sorted(choices) != list(range(len(prompts))):
-        raise ValueError(f"batched answer has choices {sorted(choices)} for {len(prompts)} prompts")
+    choices = choices_by_prompt(data, len(prompts))
     usage = trusted_usage(data.get("usage"))  # untrusted: each member's record counts its own
     shares = _prompt_shares(prompts)
     head = {k: v for k, v in data.items() if k not in ("choices", "usage")}

@@ -10,7 +10,7 @@ sees an error only after the last one.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +23,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from gateway.batcher import MicroBatcher, single_prompt
+from gateway.batcher import MicroBatcher, choices_by_prompt, single_prompt
 from gateway.config import ModelConfig
 from gateway.errors import UpstreamError
 from gateway.providers.base import Provider, Reply
@@ -100,25 +100,49 @@ class Upstream:
         if self.batcher and endpoint == "/v1/completions" and body:
             prompt = single_prompt(body)
             if prompt is not None:
-                data, shared = await self.batcher.submit(body, prompt)
+                try:
+                    data, shared = await self.batcher.submit(body, prompt)
+                except BatchFailed as failed:
+                    attempts.count, attempts.errors = failed.attempts.count, list(failed.attempts.errors)
+                    if not failed.refused_for_one_of_many():
+                        raise failed.error from None
+                    # One prompt the upstream refuses (vLLM answers a whole list 400 when one is
+                    # over max_model_len) must not fail the others: each asks again alone.
+                    return await self._call_retrying(endpoint, body, attempts)
                 attempts.count, attempts.errors = shared.count, list(shared.errors)
                 return Answered(data, orjson.dumps(data), {}, batched=True)
         return await self._call_retrying(endpoint, body, attempts)
 
     async def _send_batch(self, body: dict[str, Any]) -> tuple[dict[str, Any], Attempts]:
         attempts = Attempts()
-        answered = await self._call_retrying("/v1/completions", body, attempts)
+        size = len(body["prompt"])
+        try:  # an answer without one choice per prompt is an attempt that failed, retried like a 5xx
+            answered = await self._call_retrying(
+                "/v1/completions", body, attempts, lambda data: choices_by_prompt(data, size)
+            )
+        except UpstreamError as exc:
+            raise BatchFailed(exc, attempts, size) from exc
         return answered.data, attempts
 
     async def _call_retrying(
-        self, endpoint: str, body: dict[str, Any] | None, attempts: Attempts
+        self,
+        endpoint: str,
+        body: dict[str, Any] | None,
+        attempts: Attempts,
+        check: Callable[[Any], object] | None = None,
     ) -> Answered:
         async for attempt in self._retrying():
             with attempt:
-                return await self._once(endpoint, body, attempts)
+                return await self._once(endpoint, body, attempts, check)
         raise AssertionError("unreachable: tenacity re-raises the last error")
 
-    async def _once(self, endpoint: str, body: dict[str, Any] | None, attempts: Attempts) -> Answered:
+    async def _once(
+        self,
+        endpoint: str,
+        body: dict[str, Any] | None,
+        attempts: Attempts,
+        check: Callable[[Any], object] | None = None,
+    ) -> Answered:
         ticket = await self.scheduler.acquire(
             input_tokens(body, self._tiktoken_model), self.output.expect(body)
         )
@@ -126,6 +150,11 @@ class Upstream:
         attempts.count += 1
         try:
             answered = Answered.parse(await self.provider.call(endpoint, body))
+            if check is not None:
+                try:
+                    check(answered.data)
+                except ValueError as exc:
+                    raise invalid_response(str(exc)) from exc
         except UpstreamError as exc:
             attempts.failed(exc, started)
             self.scheduler.release(ticket)
@@ -183,6 +212,27 @@ class Upstream:
 def torn_body(exc: Exception) -> UpstreamError:
     """502 for an answer that is not the JSON it claims to be (retryable: it may pass)."""
     return UpstreamError(502, f"upstream sent invalid JSON: {exc}", "upstream_bad_response", True)
+
+
+def invalid_response(detail: str) -> UpstreamError:
+    """502 for JSON that is not the answer asked for, e.g. too few choices (retryable: it may pass)."""
+    return UpstreamError(
+        502, f"upstream sent an unusable answer: {detail}", "upstream_invalid_response", True
+    )
+
+
+class BatchFailed(Exception):
+    """A micro-batch's upstream call failed after its attempts; every member hears of it."""
+
+    def __init__(self, error: UpstreamError, attempts: Attempts, size: int) -> None:
+        super().__init__(error.message)
+        self.error = error
+        self.attempts = attempts
+        self.size = size
+
+    def refused_for_one_of_many(self) -> bool:
+        """Whether the upstream refused a list of prompts (a 4xx no retry mends): maybe for one of them."""
+        return self.size > 1 and not self.error.retryable and 400 <= self.error.status < 500
 
 
 @dataclass(frozen=True)

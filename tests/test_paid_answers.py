@@ -93,3 +93,93 @@ async def test_a_batch_with_non_numeric_usage_is_kept_and_each_member_counted(
     for record in gateway.records():
         assert record["served"] == "batched"
         assert_counted(record)
+
+
+# -- micro-batches that fail -----------------------------------------------------------
+
+BATCH_OF_TWO = "{window_ms: 1000, max_batch: 2}"
+
+
+def two_choices(count: int = 2) -> dict[str, Any]:
+    answer = completion_body("a")
+    answer["choices"] = [{**answer["choices"][0], "index": i, "text": f" {i}"} for i in range(count)]
+    return answer
+
+
+async def ask_together(gateway: RunningGateway, prompts: list[Any], **body: Any) -> list[Any]:
+    return await asyncio.gather(
+        *(gateway.post("/v1/completions", {**BODY, **body, "prompt": p}) for p in prompts)
+    )
+
+
+@pytest.mark.parametrize(
+    "wrong", [two_choices(1), two_choices(3), {**two_choices(), "choices": None}], ids=["1", "3", "none"]
+)
+async def test_a_batch_answer_with_the_wrong_choices_is_a_recorded_failed_attempt_and_retried(
+    make_gateway: GatewayFactory, standin: StandIn, wrong: dict[str, Any]
+) -> None:
+    gateway = await priced(make_gateway, standin, batching=BATCH_OF_TWO)
+    standin.script = [Fault("body", body=wrong), Fault("body", body=two_choices())]
+    responses = await ask_together(gateway, ["a", "b"])
+    assert [r.status for r in responses] == [200, 200]
+    assert standin.calls["/v1/completions"] == 2
+    for record in gateway.records():
+        assert (record["status"], record["served"], record["attempts"]) == (200, "batched", 2)
+        (failed,) = record["failed_attempts"]
+        assert (failed["status"], failed["code"]) == (502, "upstream_invalid_response")
+
+
+async def test_a_batch_answer_that_stays_unusable_gives_each_member_a_recorded_502(
+    make_gateway: GatewayFactory, standin: StandIn
+) -> None:
+    gateway = await priced(make_gateway, standin, batching=BATCH_OF_TWO)
+    standin.script = [Fault("body", body=two_choices(1)) for _ in range(3)]
+    responses = await ask_together(gateway, ["a", "b"])
+    assert [r.status for r in responses] == [502, 502]
+    for response in responses:
+        assert orjson.loads(await response.read())["error"]["code"] == "upstream_invalid_response"
+    records = gateway.records()
+    assert [(r["status"], r["attempts"], len(r["failed_attempts"])) for r in records] == [(502, 3, 3)] * 2
+    assert standin.calls["/v1/completions"] == 3
+
+
+async def test_a_batch_the_upstream_refuses_is_asked_again_member_by_member(
+    make_gateway: GatewayFactory, standin: StandIn
+) -> None:
+    gateway = await priced(make_gateway, standin, batching=BATCH_OF_TWO)
+    standin.script = [Fault("status", 400, "one prompt is too long"), Fault("status", 400, "too long")]
+    responses = await ask_together(gateway, ["a", "b"])
+    assert sorted(r.status for r in responses) == [200, 400]  # only one member's own 400
+    assert standin.calls["/v1/completions"] == 3  # the batch, then each alone
+    assert sorted(len(b["prompt"]) if isinstance(b["prompt"], list) else 1 for b in standin.bodies_seen) == [
+        1,
+        1,
+        2,
+    ]
+    records = sorted(gateway.records(), key=lambda r: r["status"])
+    assert [(r["status"], r["served"], r["attempts"]) for r in records] == [
+        (200, "miss", 2),
+        (400, "miss", 2),
+    ]
+    assert all(r["failed_attempts"][0]["status"] == 400 for r in records)
+
+
+async def test_one_prompt_over_max_model_len_fails_alone_in_a_real_vllm_batch(
+    relay: Any, make_gateway: GatewayFactory
+) -> None:
+    gateway = await make_gateway(
+        model_yaml(relay.url + "/v1", batching="{window_ms: 1000, max_batch: 3}", retries="{attempts: 1}")
+    )
+    too_long = "word " * 3000  # over the test vLLM's --max-model-len 2048
+    prompts = ["The capital of France is", too_long, "One, two, three,"]
+    responses = await ask_together(gateway, prompts, model="smollm2", max_tokens=2, temperature=0)
+    assert [r.status for r in responses] == [200, 400, 200]
+    assert "maximum context length" in orjson.loads(await responses[1].read())["error"]["message"]
+    assert relay.calls["/v1/completions"] == 4  # the refused list, then each prompt alone
+    by_prompt = {r["request"]["prompt"][:30]: r for r in gateway.records()}
+    assert [by_prompt[p[:30]]["status"] for p in prompts] == [200, 400, 200]
+    again = await gateway.post(
+        "/v1/completions",
+        {**BODY, "model": "smollm2", "max_tokens": 2, "temperature": 0, "prompt": prompts[0]},
+    )
+    assert again.headers["X-Cache"] == "hit"
