@@ -7,7 +7,10 @@ fail, say on a full disk, the failure is logged and the answer stands: the
 record is the source of truth and ``gateway cache rebuild`` restores the entry.)
 Failures are recorded and never cached. Upstream work runs detached from the
 client that started it, so a client that hangs up never costs the others
-sharing that call their answer, nor the run its record.
+sharing that call their answer, nor the run its record. On shutdown the
+gateway waits for every upstream call it started (:meth:`Pipeline.drain`) up
+to a deadline; a call still running then is cut, recorded as a 503 "gateway
+shutting down", and its stream ends with that error event.
 """
 
 from __future__ import annotations
@@ -16,16 +19,16 @@ import asyncio
 import logging
 import sqlite3
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import orjson
 
 from cache.index import ResponseIndex
 from cache.records import RECORD_SCHEMA, RecordWriteError, RecordWriter
 from gateway.config import ModelConfig
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, shutting_down
 from gateway.metrics import Metrics
 from gateway.pricing import Costs
 from gateway.singleflight import SingleFlight
@@ -38,6 +41,7 @@ CacheMode = Literal["use", "refresh", "bypass"]
 Served = Literal["miss", "hit", "coalesced", "batched"]
 
 _END = object()
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -91,6 +95,29 @@ class Pipeline:
         self.costs = costs if costs is not None else Costs(u.model for u in upstreams.values())
         self.metrics = metrics if metrics is not None else Metrics()
         self.flights: SingleFlight[Answer] = SingleFlight()
+        self._upstream_work: set[asyncio.Future[Any]] = set()  # every detached upstream call
+        self.stopping = False
+
+    def _detach(self, work: Awaitable[T]) -> asyncio.Future[T]:
+        """Run ``work`` apart from the client asking, as upstream work :meth:`drain` waits for."""
+        task = asyncio.ensure_future(work)
+        self._upstream_work.add(task)
+        task.add_done_callback(self._upstream_work.discard)
+        return task
+
+    async def drain(self, timeout_s: float) -> None:
+        """Wait up to ``timeout_s`` for the upstream calls in flight; cut (and record) the rest."""
+        self.stopping = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while self._upstream_work and (remaining := deadline - loop.time()) > 0:
+            await asyncio.wait(set(self._upstream_work), timeout=remaining)
+        late = list(self._upstream_work)
+        if late:
+            log.warning("shutdown deadline passed: cutting %d upstream call(s) still running", len(late))
+        for task in late:
+            task.cancel()
+        await asyncio.gather(*late, return_exceptions=True)
 
     # -- plain answers ---------------------------------------------------------
 
@@ -104,10 +131,10 @@ class Pipeline:
                 await self._record(call, "hit", started, body=cached)
                 return Answer(cached, "hit")
         if call.cache_mode == "bypass":
-            return await self._fetch(call, started)
+            return await asyncio.shield(self._detach(self._fetch(call, started)))
         flight = self.flights.join(call.key)
         if flight is None:
-            flight = self.flights.start(call.key, lambda: self._fetch(call, started))
+            flight = self.flights.start(call.key, lambda: self._detach(self._fetch(call, started)))
             return await asyncio.shield(flight)
         return await self._follow(call, flight, started)
 
@@ -126,7 +153,10 @@ class Pipeline:
         request = call.upstream_body()
         attempts = Attempts()
         try:
-            answered = await self.upstreams[call.model.name].call(call.endpoint, request, attempts)
+            try:
+                answered = await self.upstreams[call.model.name].call(call.endpoint, request, attempts)
+            except asyncio.CancelledError as exc:
+                raise self._cut(exc) from None
         except GatewayError as exc:  # upstream failures and refusals (a full queue) alike
             await self._record(call, "miss", started, error=exc, request=request, attempts=attempts)
             raise
@@ -181,9 +211,9 @@ class Pipeline:
         queue: asyncio.Queue[Any] = asyncio.Queue()
         work = lambda: self._fetch_stream(call, queue, chat, include_usage)  # noqa: E731
         if call.cache_mode == "bypass":
-            asyncio.ensure_future(work())
+            self._detach(work())
         else:
-            self.flights.start(call.key, work)
+            self.flights.start(call.key, lambda: self._detach(work()))
         first = await queue.get()
         if isinstance(first, GatewayError):
             raise first
@@ -203,8 +233,8 @@ class Pipeline:
                 assembler.add(chunk)
                 if chunk.get("choices") or include_usage:
                     queue.put_nowait(sse_event(payload))
-        except Exception as exc:  # whatever it is, the waiting client must hear of it
-            error = _as_gateway_error(exc)
+        except (Exception, asyncio.CancelledError) as exc:  # whatever it is, the client must hear of it
+            error = self._cut(exc) if isinstance(exc, asyncio.CancelledError) else _as_gateway_error(exc)
             try:
                 await self._record(call, "miss", started, error=error, request=request, attempts=attempts)
             finally:  # only now: a client told of the failure may ask again at once
@@ -221,6 +251,12 @@ class Pipeline:
         queue.put_nowait(DONE)
         queue.put_nowait(_END)
         return Answer(body, "miss")
+
+    def _cut(self, cancelled: asyncio.CancelledError) -> GatewayError:
+        """The error an upstream call cut by :meth:`drain` ends with; any other cancellation goes on."""
+        if not self.stopping:
+            raise cancelled
+        return shutting_down()
 
     # -- records ---------------------------------------------------------------
 

@@ -7,12 +7,17 @@ too, and is only ever the failing request's own.
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 import orjson
 import pytest
 
+from cache.records import read_records, shard_paths
+from cache.runs import run_dir
 from tests.conftest import GatewayFactory, RunningGateway, model_yaml
+from tests.processes import GatewayProcess, until
 from tests.standin import Fault, StandIn, completion_body
 
 BODY = {"model": "standin", "prompt": "hello", "max_tokens": 4}
@@ -183,3 +188,112 @@ async def test_one_prompt_over_max_model_len_fails_alone_in_a_real_vllm_batch(
         {**BODY, "model": "smollm2", "max_tokens": 2, "temperature": 0, "prompt": prompts[0]},
     )
     assert again.headers["X-Cache"] == "hit"
+
+
+# -- shutdown with upstream calls in flight --------------------------------------------
+
+
+def serving(tmp_path: Path, standin: StandIn, shutdown_timeout_s: float) -> GatewayProcess:
+    config = tmp_path / "gateway.yaml"
+    config.write_text(
+        model_yaml(standin.api_base, name="standin", retries="{attempts: 1}")
+        + f"shutdown_timeout_s: {shutdown_timeout_s}\n"
+    )
+    gateway = GatewayProcess(config, tmp_path / "store", tmp_path / "gateway.log")
+    gateway.start()
+    return gateway
+
+
+def records_of(tmp_path: Path) -> list[dict[str, Any]]:
+    return list(read_records(shard_paths(run_dir(tmp_path / "store", "default"))))
+
+
+async def first_event(response: aiohttp.ClientResponse) -> bytes:
+    event = await response.content.readuntil(b"\n\n")
+    assert event.startswith(b"data: {"), event
+    return event
+
+
+async def test_a_stream_cut_by_the_shutdown_deadline_ends_with_an_error_event_and_is_recorded(
+    standin: StandIn, tmp_path: Path
+) -> None:
+    gateway = serving(tmp_path, standin, shutdown_timeout_s=0.5)
+    try:
+        async with aiohttp.ClientSession() as session:
+            await gateway.wait_healthy(session)
+            standin.script = [Fault("slow_stream")]  # one event, then nothing until released
+            async with session.post(
+                gateway.url + "/v1/completions", json={**BODY, "stream": True}
+            ) as response:
+                await first_event(response)
+                gateway.terminate()
+                rest = await response.content.read()
+        assert gateway.stop() == 0, gateway.log_tail()
+    finally:
+        standin.released.set()
+        if gateway.process is not None and gateway.process.poll() is None:
+            gateway.process.kill()
+    events = [e for e in rest.split(b"\n\n") if e]
+    assert b"[DONE]" not in rest
+    assert orjson.loads(events[-1].removeprefix(b"data: "))["error"]["code"] == "shutting_down"
+    (record,) = records_of(tmp_path)
+    assert (record["status"], record["error"]["message"]) == (503, "gateway shutting down")
+
+
+async def test_a_plain_call_cut_by_the_shutdown_deadline_gets_a_recorded_503(
+    standin: StandIn, tmp_path: Path
+) -> None:
+    gateway = serving(tmp_path, standin, shutdown_timeout_s=0.5)
+    try:
+        async with aiohttp.ClientSession() as session:
+            await gateway.wait_healthy(session)
+            standin.script = [Fault("hang")]
+            asked = asyncio.ensure_future(session.post(gateway.url + "/v1/completions", json=BODY))
+            await standin.arrived.wait()
+            gateway.terminate()
+            response = await asked
+            assert response.status == 503
+            assert (await response.json())["error"]["code"] == "shutting_down"
+        assert gateway.stop() == 0, gateway.log_tail()
+    finally:
+        standin.released.set()
+        if gateway.process is not None and gateway.process.poll() is None:
+            gateway.process.kill()
+    (record,) = records_of(tmp_path)
+    assert record["status"] == 503
+
+
+async def test_shutdown_waits_for_a_stream_whose_client_hung_up_and_records_it(
+    standin: StandIn, tmp_path: Path
+) -> None:
+    gateway = serving(tmp_path, standin, shutdown_timeout_s=30)
+    try:
+        async with aiohttp.ClientSession() as session:
+            await gateway.wait_healthy(session)
+            standin.script = [Fault("slow_stream")]
+            async with aiohttp.ClientSession() as leaving:
+                response = await leaving.post(gateway.url + "/v1/completions", json={**BODY, "stream": True})
+                await first_event(response)
+                response.close()  # the client hangs up mid-stream
+            gateway.terminate()
+            await until(lambda: _refused(gateway.url + "/healthz"), 30, "the gateway to stop accepting")
+            assert gateway.process is not None and gateway.process.poll() is None  # still waiting
+            standin.released.set()
+        assert gateway.stop() == 0, gateway.log_tail()
+    finally:
+        standin.released.set()
+        if gateway.process is not None and gateway.process.poll() is None:
+            gateway.process.kill()
+    (record,) = records_of(tmp_path)
+    assert record["status"] == 200
+    assert "the rest" in record["response"]["choices"][0]["text"]
+
+
+async def _refused(url: str) -> bool:
+    """Whether a new connection to ``url`` is turned away."""
+    async with aiohttp.ClientSession() as fresh:
+        try:
+            async with fresh.get(url) as response:
+                return response.status != 200
+        except aiohttp.ClientConnectionError:
+            return True
