@@ -93,6 +93,10 @@ class MicroBatcher:
         try:
             data, note = await self.send({**group.params, "prompt": group.prompts})
             parts = split(data, group.prompts)
+        except asyncio.CancelledError:  # the loop is ending: nobody is left to hear an error
+            for waiter in group.waiters:
+                waiter.cancel()
+            raise
         except BaseException as exc:  # every waiter hears the one failure
             for waiter in group.waiters:
                 if not waiter.done():

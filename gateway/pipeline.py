@@ -110,6 +110,10 @@ class Pipeline:
         self.stopping = True
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
+        if self._upstream_work:
+            log.info(
+                "stopping: waiting up to %gs for %d upstream call(s)", timeout_s, len(self._upstream_work)
+            )
         while self._upstream_work and (remaining := deadline - loop.time()) > 0:
             await asyncio.wait(set(self._upstream_work), timeout=remaining)
         late = list(self._upstream_work)

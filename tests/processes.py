@@ -40,6 +40,22 @@ async def until(condition: Any, deadline_s: float, what: str, every_s: float = 0
         await asyncio.sleep(every_s)
 
 
+async def refused(url: str) -> bool:
+    """Whether a new connection (not a pooled one) to ``url`` is turned away.
+
+    A stopping server may still take a connection into its listen backlog and
+    never serve it; a GET left unanswered for a second counts as turned away
+    too (a server that serves answers ``/healthz`` in milliseconds), so the
+    probe itself can never hang.
+    """
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1)) as fresh:
+        try:
+            async with fresh.get(url) as response:
+                return response.status != 200
+        except (aiohttp.ClientConnectionError, asyncio.TimeoutError):
+            return True
+
+
 class StandInProcess:
     """``python -m tests.standin_process`` on a port it picks and announces."""
 

@@ -16,6 +16,7 @@ import pytest
 
 from cache.records import read_records, shard_paths
 from cache.runs import run_dir
+from gateway.app import PIPELINE
 from tests.conftest import GatewayFactory, RunningGateway, model_yaml
 from tests.processes import GatewayProcess, until
 from tests.standin import Fault, StandIn, completion_body
@@ -276,24 +277,46 @@ async def test_shutdown_waits_for_a_stream_whose_client_hung_up_and_records_it(
                 await first_event(response)
                 response.close()  # the client hangs up mid-stream
             gateway.terminate()
-            await until(lambda: _refused(gateway.url + "/healthz"), 30, "the gateway to stop accepting")
+            await until(draining(gateway), 30, "the gateway to wait for the upstream call")
             assert gateway.process is not None and gateway.process.poll() is None  # still waiting
             standin.released.set()
+            # Wait without blocking this loop: the stand-in serving the rest of the stream runs on it.
+            await until(exited(gateway), 60, "the gateway to exit")
         assert gateway.stop() == 0, gateway.log_tail()
     finally:
         standin.released.set()
         if gateway.process is not None and gateway.process.poll() is None:
             gateway.process.kill()
     (record,) = records_of(tmp_path)
-    assert record["status"] == 200
+    assert record["status"] == 200, (record, gateway.log_tail())
     assert "the rest" in record["response"]["choices"][0]["text"]
 
 
-async def _refused(url: str) -> bool:
-    """Whether a new connection to ``url`` is turned away."""
-    async with aiohttp.ClientSession() as fresh:
-        try:
-            async with fresh.get(url) as response:
-                return response.status != 200
-        except aiohttp.ClientConnectionError:
-            return True
+def exited(gateway: GatewayProcess) -> Any:
+    async def check() -> bool:
+        return gateway.process is not None and gateway.process.poll() is not None
+
+    return check
+
+
+def draining(gateway: GatewayProcess) -> Any:
+    """Whether the gateway has said it is waiting for upstream calls (a log line, not a guess)."""
+
+    async def check() -> bool:
+        return "waiting up to" in gateway.log.read_text(errors="replace")
+
+    return check
+
+
+async def test_batched_calls_cut_by_the_shutdown_deadline_are_each_recorded(
+    make_gateway: GatewayFactory, standin: StandIn
+) -> None:
+    gateway = await priced(make_gateway, standin, batching=BATCH_OF_TWO)
+    standin.script = [Fault("hang")]  # held until the test ends: past any deadline
+    asked = asyncio.ensure_future(ask_together(gateway, ["a", "b"]))
+    await standin.arrived.wait()
+    await gateway.app[PIPELINE].drain(0.1)
+    responses = await asked
+    assert [r.status for r in responses] == [503, 503]
+    records = gateway.records()
+    assert [(r["status"], r["error"]["code"]) for r in records] == [(503, "shutting_down")] * 2

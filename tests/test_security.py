@@ -11,7 +11,7 @@ import pytest
 
 from gateway.auth import digest
 from tests.conftest import GatewayFactory, model_yaml
-from tests.processes import GatewayProcess, until
+from tests.processes import GatewayProcess, refused, until
 from tests.standin import Fault, StandIn
 
 CLIENT_KEY = "rg-client-key-0123456789abcdef"
@@ -93,7 +93,7 @@ async def test_sigterm_stops_accepting_lets_in_flight_requests_finish_and_exits_
             in_flight = asyncio.ensure_future(session.post(gateway.url + "/v1/completions", json=BODY))
             await standin.arrived.wait()
             gateway.terminate()
-            await until(lambda: _refused(gateway.url + "/healthz"), 30, "the gateway to stop accepting")
+            await until(lambda: refused(gateway.url + "/healthz"), 30, "the gateway to stop accepting")
             assert not in_flight.done()
             standin.released.set()
             response = await in_flight
@@ -105,13 +105,3 @@ async def test_sigterm_stops_accepting_lets_in_flight_requests_finish_and_exits_
     finally:
         if gateway.process is not None and gateway.process.poll() is None:
             gateway.process.kill()
-
-
-async def _refused(url: str) -> bool:
-    """Whether a new connection (not a pooled one) to ``url`` is turned away."""
-    async with aiohttp.ClientSession() as fresh:
-        try:
-            async with fresh.get(url) as response:
-                return response.status != 200
-        except aiohttp.ClientConnectionError:
-            return True
