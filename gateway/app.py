@@ -73,7 +73,15 @@ def create_app(config: GatewayConfig) -> web.Application:
     app[METRICS] = Metrics()
     _add_routes(app, handlers, app[METRICS])
     app.cleanup_ctx.append(partial(_resources, config, handlers, redactor))
+    app.on_shutdown.append(partial(_drain_upstream_work, config))  # before cleanup closes the stores
     return app
+
+
+async def _drain_upstream_work(config: GatewayConfig, app: web.Application) -> None:
+    """Let the upstream calls in flight finish (up to ``shutdown_timeout_s``), each recorded."""
+    pipeline = app.get(PIPELINE)
+    if pipeline is not None:
+        await pipeline.drain(config.shutdown_timeout_s)
 
 
 async def _resources(config: GatewayConfig, handlers: Handlers, redactor: Redactor, app: web.Application):  # type: ignore[no-untyped-def]

@@ -8,6 +8,12 @@ batched. A group leaves when ``max_batch`` prompts have gathered or
 the response it would have got alone: its own choices (re-indexed from 0) and
 its share of the usage (exact prompt tokens for token-id prompts, else a share
 by prompt length; completion tokens split evenly).
+
+A batch fails only as its members would alone: an answer without exactly one
+choice per prompt is a failed attempt, retried like a 5xx (502
+``upstream_invalid_response`` at the last), and a list the upstream refuses
+with a 4xx is asked again prompt by prompt, so only the prompt at fault gets
+the refusal (see ``gateway.upstream``).
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+
+from gateway.tokens import trusted_usage
 
 # Sends a merged body; returns the upstream's JSON and a note every waiter gets (its attempts).
 Send = Callable[[dict[str, Any]], Awaitable[tuple[dict[str, Any], Any]]]
@@ -85,6 +93,10 @@ class MicroBatcher:
         try:
             data, note = await self.send({**group.params, "prompt": group.prompts})
             parts = split(data, group.prompts)
+        except asyncio.CancelledError:  # the loop is ending: nobody is left to hear an error
+            for waiter in group.waiters:
+                waiter.cancel()
+            raise
         except BaseException as exc:  # every waiter hears the one failure
             for waiter in group.waiters:
                 if not waiter.done():
@@ -95,14 +107,22 @@ class MicroBatcher:
                 waiter.set_result((part, note))
 
 
+def choices_by_prompt(data: Any, count: int) -> dict[int, dict[str, Any]]:
+    """A batched answer's choices by prompt index; ValueError unless there is exactly one per prompt."""
+    listed = data.get("choices") if isinstance(data, dict) else None
+    if not isinstance(listed, list) or not all(isinstance(c, dict) for c in listed):
+        raise ValueError(f"batched answer has no list of choice objects for {count} prompts")
+    choices = {c.get("index", i): c for i, c in enumerate(listed)}
+    if len(listed) != count or set(choices) != set(range(count)):
+        indices = [c.get("index", i) for i, c in enumerate(listed)]
+        raise ValueError(f"batched answer has choices {indices} for {count} prompts")
+    return choices
+
+
 def split(data: dict[str, Any], prompts: list[str | list[int]]) -> list[dict[str, Any]]:
     """One response per prompt from a batched response (choices matched by ``index``)."""
-    choices: dict[int, dict[str, Any]] = {
-        c.get("index", i): c for i, c in enumerate(data.get("choices") or [])
-    }
-    if sorted(choices) != list(range(len(prompts))):
-        raise ValueError(f"batched answer has choices {sorted(choices)} for {len(prompts)} prompts")
-    usage = data.get("usage") or {}
+    choices = choices_by_prompt(data, len(prompts))
+    usage = trusted_usage(data.get("usage"))  # untrusted: each member's record counts its own
     shares = _prompt_shares(prompts)
     head = {k: v for k, v in data.items() if k not in ("choices", "usage")}
     parts = []
@@ -122,9 +142,8 @@ def _prompt_shares(prompts: list[str | list[int]]) -> list[float]:
 
 
 def _usage_share(usage: dict[str, Any], prompt: str | list[int], share: float, count: int) -> dict[str, int]:
-    total_prompt = int(usage.get("prompt_tokens") or 0)
-    prompt_tokens = len(prompt) if isinstance(prompt, list) else round(total_prompt * share)
-    completion = round(int(usage.get("completion_tokens") or 0) / count)
+    prompt_tokens = len(prompt) if isinstance(prompt, list) else round(usage["prompt_tokens"] * share)
+    completion = round(usage["completion_tokens"] / count)
     return {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion,

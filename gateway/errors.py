@@ -78,6 +78,11 @@ def retry_after_of(headers: Mapping[str, str]) -> float | None:
     return None
 
 
+def shutting_down() -> GatewayError:
+    """503 for an upstream call the gateway cut because it is stopping and the deadline passed."""
+    return GatewayError(503, "gateway shutting down", "service_unavailable", "shutting_down")
+
+
 def upstream_unreachable(detail: str) -> UpstreamError:
     """502: no connection, or it broke before a whole answer arrived."""
     return UpstreamError(502, f"upstream unreachable: {detail}", "upstream_unreachable", True)

@@ -7,7 +7,10 @@ fail, say on a full disk, the failure is logged and the answer stands: the
 record is the source of truth and ``gateway cache rebuild`` restores the entry.)
 Failures are recorded and never cached. Upstream work runs detached from the
 client that started it, so a client that hangs up never costs the others
-sharing that call their answer, nor the run its record.
+sharing that call their answer, nor the run its record. On shutdown the
+gateway waits for every upstream call it started (:meth:`Pipeline.drain`) up
+to a deadline; a call still running then is cut, recorded as a 503 "gateway
+shutting down", and its stream ends with that error event.
 """
 
 from __future__ import annotations
@@ -16,9 +19,9 @@ import asyncio
 import logging
 import sqlite3
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import orjson
 
@@ -28,7 +31,7 @@ from cache.keys import sample_key
 from cache.records import RECORD_SCHEMA, RecordWriteError, RecordWriter
 from cache.validity import invalid_reason
 from gateway.config import ModelConfig
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, shutting_down
 from gateway.metrics import Metrics
 from gateway.pricing import Costs
 from gateway.samples import SampleLedger
@@ -45,6 +48,7 @@ Served = Literal["miss", "hit", "coalesced", "batched"]
 _END = object()
 # Endpoints whose streams report usage only when asked (the Responses API always does).
 USAGE_ON_REQUEST = frozenset({"/v1/completions", "/v1/chat/completions"})
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -104,6 +108,8 @@ class Pipeline:
         self.usage = UsageMemo()  # so a hit's record never re-parses its body for its usage
         self.feeds: dict[str, Feed[Any]] = {}  # the events of streamed flights, for their followers
         self.samples = SampleLedger(records.cache_dir)
+        self._upstream_work: set[asyncio.Future[Any]] = set()  # every detached upstream call
+        self.stopping = False
 
     async def sample(self, call: Call, pinned: int | None = None) -> Call:
         """``call`` as one sample of itself: the ``pinned`` one, else the run's next in turn."""
@@ -120,6 +126,31 @@ class Pipeline:
             sample_pinned=pinned is not None,
         )
 
+    def _detach(self, work: Awaitable[T]) -> asyncio.Future[T]:
+        """Run ``work`` apart from the client asking, as upstream work :meth:`drain` waits for."""
+        task = run_detached(lambda: work)
+        self._upstream_work.add(task)
+        task.add_done_callback(self._upstream_work.discard)
+        return task
+
+    async def drain(self, timeout_s: float) -> None:
+        """Wait up to ``timeout_s`` for the upstream calls in flight; cut (and record) the rest."""
+        self.stopping = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        if self._upstream_work:
+            log.info(
+                "stopping: waiting up to %gs for %d upstream call(s)", timeout_s, len(self._upstream_work)
+            )
+        while self._upstream_work and (remaining := deadline - loop.time()) > 0:
+            await asyncio.wait(set(self._upstream_work), timeout=remaining)
+        late = list(self._upstream_work)
+        if late:
+            log.warning("shutdown deadline passed: cutting %d upstream call(s) still running", len(late))
+        for task in late:
+            task.cancel()
+        await asyncio.gather(*late, return_exceptions=True)
+
     # -- plain answers ---------------------------------------------------------
 
     async def answer(self, call: Call) -> Answer:
@@ -132,10 +163,10 @@ class Pipeline:
                 await self._record(call, "hit", started, body=cached)
                 return Answer(cached, "hit")
         if call.cache_mode == "bypass":
-            return await self._fetch(call, started)
+            return await asyncio.shield(self._detach(self._fetch(call, started)))
         flight = self.flights.join(call.key)
         if flight is None:
-            flight = self.flights.start(call.key, lambda: self._fetch(call, started))
+            flight = self.flights.start(call.key, lambda: self._detach(self._fetch(call, started)))
             return await asyncio.shield(flight)
         return await self._follow(call, flight, started)
 
@@ -154,7 +185,10 @@ class Pipeline:
         request = call.upstream_body()
         attempts = Attempts()
         try:
-            answered = await self.upstreams[call.model.name].call(call.endpoint, request, attempts)
+            try:
+                answered = await self.upstreams[call.model.name].call(call.endpoint, request, attempts)
+            except asyncio.CancelledError as exc:
+                raise self._cut(exc) from None
         except GatewayError as exc:  # upstream failures and refusals (a full queue) alike
             await self._record(call, "miss", started, error=exc, request=request, attempts=attempts)
             raise
@@ -264,9 +298,9 @@ class Pipeline:
         feed = Feed()
         work = lambda: self._fetch_stream(call, feed)  # noqa: E731
         if call.cache_mode == "bypass":
-            task = run_detached(work)
+            task = self._detach(work())
         else:
-            task = self.flights.start(call.key, work)
+            task = self.flights.start(call.key, lambda: self._detach(work()))
             self.feeds[call.key] = feed
             task.add_done_callback(lambda _: self._forget_feed(call.key, feed))
         return "miss", await _started(_read_own(feed, call.endpoint, include_usage))
@@ -312,8 +346,8 @@ class Pipeline:
                 incomplete = invalid_answer(call.endpoint, reason)
                 attempts.failed(incomplete, started_monotonic, orjson.dumps(data))
                 raise incomplete
-        except Exception as exc:  # whatever it is, the waiting clients must hear of it
-            error = _as_gateway_error(exc)
+        except (Exception, asyncio.CancelledError) as exc:  # whatever it is, the clients must hear of it
+            error = self._cut(exc) if isinstance(exc, asyncio.CancelledError) else _as_gateway_error(exc)
             try:
                 await self._record(call, "miss", started, error=error, request=request, attempts=attempts)
             finally:  # only now: a client told of the failure may ask again at once
@@ -325,11 +359,18 @@ class Pipeline:
             data = orjson.loads(body)
         try:
             await self._store(call, "miss", started, body, request, attempts, data)
-        except GatewayError as exc:  # not recorded: the stream must not end as if it were
-            feed.put(exc)
-            raise
+        except Exception as exc:  # not recorded: the stream must not end as if it were (nor hang)
+            failure = _as_gateway_error(exc)
+            feed.put(failure)
+            raise failure from exc
         feed.put(_END)
         return Answer(body, "miss")
+
+    def _cut(self, cancelled: asyncio.CancelledError) -> GatewayError:
+        """The error an upstream call cut by :meth:`drain` ends with; any other cancellation goes on."""
+        if not self.stopping:
+            raise cancelled
+        return shutting_down()
 
     # -- records ---------------------------------------------------------------
 

@@ -26,7 +26,7 @@ from urllib.parse import urlparse
 import orjson
 
 from gateway.config import ModelConfig
-from gateway.tokens import input_tokens
+from gateway.tokens import input_tokens, trusted_usage
 
 log = logging.getLogger("gateway.pricing")
 
@@ -121,21 +121,26 @@ class Costs:
     def of(self, model: ModelConfig, record: Mapping[str, Any], response: Any) -> dict[str, Any]:
         """The fields a record gains: ``cost_usd``, ``cost_saved_usd`` and, when counted, ``usage``.
 
+        An upstream's ``usage`` with counts that are not counts (see
+        :func:`gateway.tokens.trusted_usage`) is replaced by the gateway's own.
+
         A miss or batched answer paid its tokens; a hit or coalesced answer
         paid nothing and saved what a miss would have cost. Failures cost 0.
         """
         fields: dict[str, Any] = {}
-        usage = record["usage"]
+        usage = trusted_usage(record["usage"])
+        if usage is None and record["usage"] is not None:
+            fields["usage"] = None  # counts nothing downstream can add up; recounted below if it can be
         if record["status"] != 200:
-            return {"cost_usd": 0.0, "cost_saved_usd": 0.0}
-        if not isinstance(usage, dict) and isinstance(response, dict) and "choices" in response:
+            return {**fields, "cost_usd": 0.0, "cost_saved_usd": 0.0}
+        if usage is None and isinstance(response, dict) and "choices" in response:
             usage = fields["usage"] = count_usage(record["request"], response, self._tiktoken.get(model.name))
             fields["usage_counted"] = True
         price = self.prices.get(model.name)
         if price is None:
             cost: float | None = None
-        elif isinstance(usage, dict):
-            cost = price.of(usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0)
+        elif usage is not None:
+            cost = price.of(usage["prompt_tokens"], usage["completion_tokens"])
         else:
             cost = 0.0
         if record["served"] in PAID:

@@ -2,7 +2,8 @@
 
 Exact counts where the tokenizer is known and cheap (tiktoken for OpenAI
 models, token-id prompts), else about four characters a token. Estimates only
-steer the buckets; real usage refunds the difference.
+steer the buckets; real usage refunds the difference, when the upstream's
+``usage`` can be believed at all (:func:`trusted_usage`).
 """
 
 from __future__ import annotations
@@ -54,6 +55,31 @@ def input_tokens(body: dict[str, Any] | None, tiktoken_model: str | None = None)
     return _text_tokens(text, tiktoken_model) + 4 * len(messages)
 
 
+USAGE_COUNTS = ("prompt_tokens", "completion_tokens")
+
+
+def trusted_usage(usage: Any) -> dict[str, Any] | None:
+    """``usage`` when its token counts are whole numbers of at least zero, else None.
+
+    An upstream's ``usage`` is what its answer claims, not something the
+    gateway may crash on: a count sent as ``"12"``, ``null``, a dict, a float
+    or a negative number makes the whole object untrusted, and the gateway
+    counts the tokens itself (``gateway.pricing.count_usage``) rather than fail
+    an answer that was paid for. A missing ``total_tokens`` is fine; one that is
+    there must be a count too.
+    """
+    if not isinstance(usage, dict):
+        return None
+    fields = [*USAGE_COUNTS, *(("total_tokens",) if "total_tokens" in usage else ())]
+    if all(_is_count(usage.get(field)) for field in fields):
+        return usage
+    return None
+
+
+def _is_count(value: Any) -> bool:
+    return type(value) is int and value >= 0  # not bool, which is an int too
+
+
 class OutputEstimate:
     """Expected completion tokens: the request's ``max_tokens``, else the running average."""
 
@@ -69,5 +95,7 @@ class OutputEstimate:
         return float(limit if isinstance(limit, int) else self.average) * n
 
     def observe(self, completion_tokens: int) -> None:
-        """Fold a real completion length into the average."""
+        """Fold a real completion length into the average (anything but a count is ignored)."""
+        if not _is_count(completion_tokens):
+            return
         self.average = 0.9 * self.average + 0.1 * completion_tokens

@@ -29,14 +29,14 @@ from tenacity import (
 )
 
 from cache.validity import invalid_reason
-from gateway.batcher import MicroBatcher, single_prompt
+from gateway.batcher import MicroBatcher, choices_by_prompt, single_prompt
 from gateway.config import ModelConfig
 from gateway.errors import UpstreamError, not_supported
 from gateway.providers.base import Provider, Reply
 from gateway.redaction import Redactor
 from gateway.scheduler import MAX_PAUSE_S, Scheduler
 from gateway.streaming import carries_answer
-from gateway.tokens import OutputEstimate, input_tokens
+from gateway.tokens import OutputEstimate, input_tokens, trusted_usage
 
 
 @dataclass
@@ -125,25 +125,49 @@ class Upstream:
         if self.batcher and endpoint == "/v1/completions" and body:
             prompt = single_prompt(body)
             if prompt is not None:
-                data, shared = await self.batcher.submit(body, prompt)
+                try:
+                    data, shared = await self.batcher.submit(body, prompt)
+                except BatchFailed as failed:
+                    attempts.count, attempts.errors = failed.attempts.count, list(failed.attempts.errors)
+                    if not failed.refused_for_one_of_many():
+                        raise failed.error from None
+                    # One prompt the upstream refuses (vLLM answers a whole list 400 when one is
+                    # over max_model_len) must not fail the others: each asks again alone.
+                    return await self._call_retrying(endpoint, body, attempts)
                 attempts.count, attempts.errors = shared.count, list(shared.errors)
                 return Answered(data, orjson.dumps(data), {}, batched=True)
         return await self._call_retrying(endpoint, body, attempts)
 
     async def _send_batch(self, body: dict[str, Any]) -> tuple[dict[str, Any], Attempts]:
         attempts = Attempts()
-        answered = await self._call_retrying("/v1/completions", body, attempts)
+        size = len(body["prompt"])
+        try:  # an answer without one choice per prompt is an attempt that failed, retried like a 5xx
+            answered = await self._call_retrying(
+                "/v1/completions", body, attempts, lambda data: choices_by_prompt(data, size)
+            )
+        except UpstreamError as exc:
+            raise BatchFailed(exc, attempts, size) from exc
         return answered.data, attempts
 
     async def _call_retrying(
-        self, endpoint: str, body: dict[str, Any] | None, attempts: Attempts
+        self,
+        endpoint: str,
+        body: dict[str, Any] | None,
+        attempts: Attempts,
+        check: Callable[[Any], object] | None = None,
     ) -> Answered:
         async for attempt in self._retrying():
             with attempt:
-                return await self._once(endpoint, body, attempts)
+                return await self._once(endpoint, body, attempts, check)
         raise AssertionError("unreachable: tenacity re-raises the last error")
 
-    async def _once(self, endpoint: str, body: dict[str, Any] | None, attempts: Attempts) -> Answered:
+    async def _once(
+        self,
+        endpoint: str,
+        body: dict[str, Any] | None,
+        attempts: Attempts,
+        check: Callable[[Any], object] | None = None,
+    ) -> Answered:
         ticket = await self.scheduler.acquire(
             input_tokens(body, self._tiktoken_model), self.output.expect(body)
         )
@@ -151,6 +175,11 @@ class Upstream:
         attempts.count += 1
         try:
             answered = Answered.parse(await self.provider.call(endpoint, body), self.redactor.scrub)
+            if check is not None:
+                try:
+                    check(answered.data)
+                except ValueError as exc:
+                    raise invalid_answer(endpoint, str(exc)) from exc
         except UpstreamError as exc:
             self._scrub_error(exc)
             attempts.failed(exc, started)
@@ -169,7 +198,7 @@ class Upstream:
             attempts.failed(error, started, answered.body)
             raise error
         self.scheduler.succeeded()
-        if usage and isinstance(usage.get("completion_tokens"), int):
+        if usage:
             self.output.observe(usage["completion_tokens"])
         return answered
 
@@ -290,6 +319,20 @@ class Event:
         return cls(payload, chunk)
 
 
+class BatchFailed(Exception):
+    """A micro-batch's upstream call failed after its attempts; every member hears of it."""
+
+    def __init__(self, error: UpstreamError, attempts: Attempts, size: int) -> None:
+        super().__init__(error.message)
+        self.error = error
+        self.attempts = attempts
+        self.size = size
+
+    def refused_for_one_of_many(self) -> bool:
+        """Whether the upstream refused a list of prompts (a 4xx no retry mends): maybe for one of them."""
+        return self.size > 1 and not self.error.retryable and 400 <= self.error.status < 500
+
+
 @dataclass(frozen=True)
 class Answered:
     """A successful upstream answer: its JSON, and its bytes as orjson writes them.
@@ -318,6 +361,5 @@ class Answered:
 
     @property
     def usage(self) -> dict[str, Any] | None:
-        """The answer's ``usage`` object, if it has one."""
-        usage = self.data.get("usage") if isinstance(self.data, dict) else None
-        return usage if isinstance(usage, dict) else None
+        """The answer's ``usage`` object, if it has one whose counts can be believed."""
+        return trusted_usage(self.data.get("usage") if isinstance(self.data, dict) else None)

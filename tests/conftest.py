@@ -105,6 +105,10 @@ async def make_gateway(tmp_path: Path) -> AsyncIterator[GatewayFactory]:
     sessions: list[aiohttp.ClientSession] = []
 
     async def start(yaml_text: str, cache_dir: Path | None = None) -> RunningGateway:
+        if "shutdown_timeout_s" not in yaml_text:
+            # Stopping waits for the upstream calls in flight: what a test left queued or held
+            # (behind a rate limit, a hang) is cut and recorded after a second, not waited for.
+            yaml_text += "\nshutdown_timeout_s: 1\n"
         config = parse_config(yaml_text, "test config", cache_dir=str(cache_dir or tmp_path / "store"))
         server = TestServer(create_app(config), host="127.0.0.1")
         await server.start_server()

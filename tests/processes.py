@@ -41,6 +41,22 @@ async def until(condition: Any, deadline_s: float, what: str, every_s: float = 0
         await asyncio.sleep(every_s)
 
 
+async def refused(url: str) -> bool:
+    """Whether a new connection (not a pooled one) to ``url`` is turned away.
+
+    A stopping server may still take a connection into its listen backlog and
+    never serve it; a GET left unanswered for a second counts as turned away
+    too (a server that serves answers ``/healthz`` in milliseconds), so the
+    probe itself can never hang.
+    """
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1)) as fresh:
+        try:
+            async with fresh.get(url) as response:
+                return response.status != 200
+        except (aiohttp.ClientConnectionError, asyncio.TimeoutError):
+            return True
+
+
 class StandInProcess:
     """``python -m tests.standin_process`` on a port it picks and announces."""
 
@@ -102,6 +118,7 @@ class GatewayProcess:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen[bytes] | None = None
+        self.signalled = False  # SIGTERM goes out once: a second one mid-shutdown makes it exit 1
 
     @property
     def pid(self) -> int:
@@ -136,11 +153,22 @@ class GatewayProcess:
         os.kill(self.process.pid, signal.SIGKILL)
         self.process.wait(10)
 
+    def terminate(self) -> None:
+        """Send SIGTERM, once: graceful shutdown has begun; later calls do nothing."""
+        assert self.process is not None
+        if not self.signalled and self.process.poll() is None:
+            self.signalled = True
+            self.process.send_signal(signal.SIGTERM)
+
     def stop(self) -> int:
-        """SIGTERM and wait; returns the exit code (kills it if it does not stop)."""
+        """SIGTERM (unless already sent) and wait; returns the exit code (kills it if it does not stop).
+
+        Never signals twice: aiohttp treats a SIGTERM that arrives while it is
+        still shutting down as a second GracefulExit and the process exits 1.
+        """
         assert self.process is not None
         if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
+            self.terminate()
             try:
                 return self.process.wait(30)
             except subprocess.TimeoutExpired:

@@ -5,7 +5,8 @@ normal answer. Faults: an error status with a message, a hang past the
 client's timeout, a connection dropped mid-body, invalid JSON, a torn event stream,
 or a normal answer sent with hostile headers ("ok" with ``headers``), a 200 answer
 whose text is chosen by the test ("answer": one that echoes a key, say), or any
-body or event stream a test scripts ("body", "events").
+body or event stream a test scripts ("body", "events"), or a slow stream that sends its
+first event and then waits until the test releases it ("slow_stream").
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ class Fault:
 
     # "status" | "ok" (a good answer with ``headers``) | "hang" | "drop" | "invalid_json" | "torn_stream"
     # | "answer" (a good answer whose text is ``message``; streamed, one event per "|"-piece)
-    # | "body" (a 200 carrying ``body`` as JSON) | "events" (a 200 stream of ``events``, then [DONE])
-    # | "held_stream" (a stream whose first event comes at once, the rest once ``released`` is set)
+    # | "body" (a 200 carrying ``body`` as JSON; streamed, as one event)
+    # | "events" (a 200 stream of ``events``, then [DONE])
+    # | "slow_stream" (its first event at once, the rest once ``released`` is set)
     kind: str
     status: int = 500
     message: str = "scripted failure"
@@ -127,11 +129,17 @@ class StandIn:
                 body=orjson.dumps(completion_body(prompt, chat)), content_type="application/json"
             )
         if fault.kind == "body":
+            if body.get("stream"):
+                return await self._events(request, [orjson.dumps(fault.body)])
             return web.Response(body=orjson.dumps(fault.body), content_type="application/json")
         if fault.kind == "events":
             return await self._events(request, [orjson.dumps(e) for e in fault.events])
-        if fault.kind == "held_stream":  # the first event at once, the rest once a test releases it
-            first, last = stream_chunks(prompt, chat)
+        if fault.kind == "slow_stream":  # the first event at once, the rest once a test releases it
+            first, _ = stream_chunks(prompt, chat)
+            _, last = stream_chunks("the rest", chat)
+            last["choices"][0].update(first["choices"][0], finish_reason="stop")
+            if not chat:
+                last["choices"][0]["text"] = " answer to the rest"
             return await self._events(request, [orjson.dumps(first), orjson.dumps(last)], hold_after=1)
         if fault.kind == "status":
             error = {"error": {"message": fault.message, "type": "scripted", "code": None}}

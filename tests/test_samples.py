@@ -113,7 +113,7 @@ async def test_a_streamed_follower_gets_the_leaders_events_as_they_arrive(
 ) -> None:
     gateway = await make_gateway(model_yaml(standin.api_base, name="standin"))
     body = {**GREEDY, "model": "standin", "stream": True}
-    standin.script = [Fault("held_stream")]
+    standin.script = [Fault("slow_stream")]
     url = gateway.url + "/v1/completions"
     async with gateway.session.post(url, json=body) as leader:
         assert leader.headers["X-Cache"] == "miss"

@@ -295,9 +295,51 @@ async def test_micro_batching_sends_fewer_calls_and_each_client_gets_its_own_ans
     assert [r.headers["X-Cache"] for r in together] == ["batched"] * 8
     for mine, single in zip(together, singles, strict=True):
         a, b = orjson.loads(await mine.read()), orjson.loads(await single.read())
-        assert a["choices"] == b["choices"]
+        assert_same_answer_but_logprob_noise(a, b)
         assert a["usage"]["prompt_tokens"] == b["usage"]["prompt_tokens"]
-    served = [r["served"] for r in batched.records("b")]
-    assert served == ["batched"] * 8
+    records = batched.records("b")
+    assert [r["served"] for r in records] == ["batched"] * 8
+    # Each client's own record: its own prompt, and exactly the answer that client got.
+    by_prompt = {r["request"]["prompt"][0]: r for r in records}
+    for body, mine in zip(bodies, together, strict=True):
+        record = by_prompt[body["prompt"][0]]
+        assert record["key"] == mine.headers["X-Record-Key"]
+        assert record["response"] == orjson.loads(await mine.read())
     again = await batched.post("/runs/b/v1/completions", bodies[3])
     assert again.headers["X-Cache"] == "hit" and await again.read() == await together[3].read()
+
+
+# vLLM's numerics are not batch-invariant: on this CPU build (bf16) the same prompt's logprobs
+# move with what it was batched with, by up to 0.16 nats measured over these eight prompts (a
+# wrongly split batch gives other tokens and differences of whole nats). Tokens, text and
+# shape must match exactly; logprob values only within this.
+BATCH_LOGPROB_TOLERANCE = 0.25
+
+
+def _close(a: float | None, b: float | None) -> bool:
+    return a == b if a is None or b is None else abs(a - b) <= BATCH_LOGPROB_TOLERANCE
+
+
+def assert_same_answer_but_logprob_noise(batched: dict, alone: dict) -> None:
+    """The same choice (tokens, text, offsets, finish, shape) as alone; logprobs within the tolerance."""
+    (mine,), (theirs,) = batched["choices"], alone["choices"]
+    noisy = ("logprobs", "prompt_logprobs")
+    assert {k: v for k, v in mine.items() if k not in noisy} == {
+        k: v for k, v in theirs.items() if k not in noisy
+    }
+    prompt_a, prompt_b = mine.get("prompt_logprobs"), theirs.get("prompt_logprobs")
+    assert (prompt_a is None) == (prompt_b is None)
+    for at_a, at_b in zip(prompt_a or [], prompt_b or [], strict=True):  # {token id: {logprob, ...}}
+        assert (at_a is None) == (at_b is None)
+        for token in (at_a or {}).keys() & (at_b or {}).keys():
+            assert at_a[token]["decoded_token"] == at_b[token]["decoded_token"]
+            assert _close(at_a[token]["logprob"], at_b[token]["logprob"])
+    a, b = mine["logprobs"], theirs["logprobs"]
+    assert a.keys() == b.keys()
+    assert (a["tokens"], a["text_offset"]) == (b["tokens"], b["text_offset"])
+    pairs = list(zip(a["token_logprobs"], b["token_logprobs"], strict=True))
+    assert all(_close(x, y) for x, y in pairs), pairs
+    for top_a, top_b in zip(a["top_logprobs"], b["top_logprobs"], strict=True):
+        assert (top_a is None) == (top_b is None)
+        if top_a is not None:  # a near-tie may swap which token is top: compare what both name
+            assert all(_close(top_a[t], top_b[t]) for t in top_a.keys() & top_b.keys())

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import signal
 from pathlib import Path
 
 import aiohttp
@@ -13,7 +12,7 @@ import pytest
 from gateway.auth import digest
 from gateway.config import ConfigError, parse_config
 from tests.conftest import GatewayFactory, model_yaml
-from tests.processes import GatewayProcess, until
+from tests.processes import GatewayProcess, refused, until
 from tests.standin import Fault, StandIn
 
 CLIENT_KEY = "rg-client-key-0123456789abcdef"
@@ -124,9 +123,8 @@ async def test_sigterm_stops_accepting_lets_in_flight_requests_finish_and_exits_
             standin.script = [Fault("hang")]
             in_flight = asyncio.ensure_future(session.post(gateway.url + "/v1/completions", json=BODY))
             await standin.arrived.wait()
-            assert gateway.process is not None
-            gateway.process.send_signal(signal.SIGTERM)
-            await until(lambda: _refused(gateway.url + "/healthz"), 30, "the gateway to stop accepting")
+            gateway.terminate()
+            await until(lambda: refused(gateway.url + "/healthz"), 30, "the gateway to stop accepting")
             assert not in_flight.done()
             standin.released.set()
             response = await in_flight
@@ -138,13 +136,3 @@ async def test_sigterm_stops_accepting_lets_in_flight_requests_finish_and_exits_
     finally:
         if gateway.process is not None and gateway.process.poll() is None:
             gateway.process.kill()
-
-
-async def _refused(url: str) -> bool:
-    """Whether a new connection (not a pooled one) to ``url`` is turned away."""
-    async with aiohttp.ClientSession() as fresh:
-        try:
-            async with fresh.get(url) as response:
-                return response.status != 200
-        except aiohttp.ClientConnectionError:
-            return True
