@@ -7,6 +7,8 @@ from typing import Any
 
 import orjson
 
+from gateway.tokens import trusted_usage
+
 # Keys remembered: a usage is a few small ints, so this costs a few MiB at most.
 MAX_ENTRIES = 16_384
 
@@ -48,7 +50,5 @@ class UsageMemo:
 
 
 def _whole_usage(data: Any) -> bool:
-    usage = data.get("usage") if isinstance(data, dict) else None
-    return isinstance(usage, dict) and all(
-        type(usage.get(field)) is int for field in ("prompt_tokens", "completion_tokens")
-    )
+    # The same test the scheduler and pricing trust a usage by: anything else is counted afresh.
+    return trusted_usage(data.get("usage") if isinstance(data, dict) else None) is not None
