@@ -41,9 +41,14 @@ DELIVERY_FIELDS = frozenset(
 )
 
 
+# The largest integer a canonical key can carry (orjson's limit).
+_INT_RANGE = 2**63
+
+
 def _normalise(value: Any) -> Any:
-    # 0 and 0.0 are the same JSON number; clients differ in which they send.
-    if isinstance(value, float) and value.is_integer():
+    # 0 and 0.0 are the same JSON number; clients differ in which they send. (1e20 stays a float:
+    # no JSON tool carries it as an integer.)
+    if isinstance(value, float) and value.is_integer() and abs(value) < _INT_RANGE:
         return int(value)
     return value
 

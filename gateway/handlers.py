@@ -79,7 +79,7 @@ class Handlers:
         call = await self._call(request, run_id, endpoint.path, model, body)
         inputs = inputs_of(body)
         salt = request.headers.get("X-Cache-Salt")
-        keys = [request_key(endpoint.path, model.key_namespace, {**body, "input": i}, salt) for i in inputs]
+        keys = [_key(endpoint.path, model, {**body, "input": i}, salt) for i in inputs]
         answer = await self.pipeline.embed(call, inputs, keys)
         return self._answer_response(call, answer)
 
@@ -154,10 +154,7 @@ class Handlers:
         model: ModelConfig,
         body: dict[str, Any] | None,
     ) -> Call:
-        try:
-            key = request_key(endpoint, model.key_namespace, body or {}, request.headers.get("X-Cache-Salt"))
-        except TypeError as exc:  # JSON allows integers JSON tools cannot carry
-            raise bad_request(f"the request cannot be encoded: {exc}", "invalid_number") from exc
+        key = _key(endpoint, model, body or {}, request.headers.get("X-Cache-Salt"))
         pinned = sample_index(request.headers.get("X-Sample-Index"))
         call = Call(
             run_id=run_id,
@@ -186,6 +183,13 @@ class Handlers:
             return response  # the client left; the upstream call and its record go on
         await response.write_eof()
         return response
+
+
+def _key(endpoint: str, model: ModelConfig, body: dict[str, Any], salt: str | None) -> str:
+    try:
+        return request_key(endpoint, model.key_namespace, body, salt)
+    except TypeError as exc:  # JSON allows integers JSON tools cannot carry
+        raise bad_request(f"the request cannot be encoded: {exc}", "invalid_number") from exc
 
 
 def _model_entry(model: ModelConfig) -> dict[str, Any]:
