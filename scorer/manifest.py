@@ -28,6 +28,7 @@ class TaskEntry:
     n_eval: int
     n_eval_total: int
     train_pool_size: int = 0
+    shots: list[list[int]] = field(default_factory=list)  # per evaluated document: its few-shot pool indices
 
 
 @dataclass

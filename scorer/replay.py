@@ -58,12 +58,17 @@ def settings_of(manifest: Manifest) -> ModelSettings:
 def documents_of(folder: RunFolder, manifest: Manifest, task: TaskConfig) -> Documents:
     """The document snapshots a run stored for ``task``."""
     entry = manifest.tasks[task.name]
-    train_split = task.raw["train_split"] or task.raw["eval_split"]
+    if task.num_fewshot > 0 and entry.n_eval and len(entry.shots) != entry.n_eval:
+        raise BadInput(
+            f"run {manifest.run_id!r}, task {task.name}: the manifest does not record which few-shot "
+            "examples each document showed (made by an older scorer, or --config changed num_fewshot); "
+            "run it again with `scorer run`"
+        )
     return Documents(
         folder.read_docs(task.name, "eval"),
         folder.read_docs(task.name, "train"),
         entry.train_pool_size,
-        train_split == task.raw["eval_split"],
+        dict(enumerate(entry.shots)),
     )
 
 
@@ -167,7 +172,7 @@ class BatchScorer:
         """Score the documents ``doc_ids``; once one lacks a response, the rest are only checked."""
         reader, builder, table = self.reader, self.builder, self.table
         missing: list[str] = []
-        prompts = eval_prompts(self.task, self.docs, self.manifest.seed, self.answers, doc_ids)
+        prompts = eval_prompts(self.task, self.docs, self.answers, doc_ids)
         table.clear()
         table.update(_tokens(reader, self.upstream, texts_of(prompts, builder), missing))
         if missing:  # only prompts whose every text has token ids can be built

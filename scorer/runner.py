@@ -20,7 +20,7 @@ from scorer.client import GatewayClient
 from scorer.docs import load_docs
 from scorer.errors import BadInput
 from scorer.manifest import Manifest, TaskEntry
-from scorer.prompts import fewshot_indices
+from scorer.prompts import draw_shots
 from scorer.replay import cached_responses, cached_tokens, train_answers
 from scorer.requests import ModelSettings, RequestBuilder
 from scorer.rounds import DocPlan, DocPrompt, Documents, eval_prompts, plans_of, texts_of, train_prompts
@@ -61,24 +61,31 @@ def _with_fewshot(task: TaskConfig, num: int | None) -> TaskConfig:
     return parse_task(raw, f"task {task.name} with --num-fewshot {num}")
 
 
+def fewshot_pool(task: TaskConfig, eval_all: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The documents few-shot examples are drawn from: ``fewshot_config.samples``, else the train split."""
+    samples = task.raw["fewshot"].get("samples")
+    if samples is not None:
+        return list(samples)
+    split = task.raw["train_split"] or task.raw["eval_split"]
+    if split == task.raw["eval_split"]:
+        return eval_all
+    return load_docs(task.raw["dataset"], split, f"task {task.name}")
+
+
 def gather_documents(task: TaskConfig, limit: int | None, seed: int) -> tuple[Documents, int]:
-    """The evaluated documents (first ``limit``), the train examples they use, and the split's size."""
-    where = f"task {task.name}"
-    eval_all = load_docs(task.raw["dataset"], task.raw["eval_split"], where)
+    """The evaluated documents (first ``limit``), the examples each shows, and the split's size."""
+    eval_all = load_docs(task.raw["dataset"], task.raw["eval_split"], f"task {task.name}")
     n_total = len(eval_all)
     chosen = eval_all if limit is None else eval_all[:limit]
-    eval_docs = dict(enumerate(chosen))
     train: dict[int, dict[str, Any]] = {}
+    shots: dict[int, list[int]] = {}
     pool_size = 0
-    train_split = task.raw["train_split"] or task.raw["eval_split"]
-    same = train_split == task.raw["eval_split"]
     if task.num_fewshot > 0:
-        pool = eval_all if same else load_docs(task.raw["dataset"], train_split, where)
+        pool = fewshot_pool(task, eval_all)
         pool_size = len(pool)
-        for doc_id in eval_docs:
-            for i in fewshot_indices(task, doc_id, pool_size, seed, same):
-                train[i] = pool[i]
-    return Documents(eval_docs, train, pool_size, same), n_total
+        shots = dict(enumerate(draw_shots(task, chosen, pool, seed)))
+        train = {i: pool[i] for picked in shots.values() for i in picked}
+    return Documents(dict(enumerate(chosen)), train, pool_size, shots), n_total
 
 
 def _manifest(folder: RunFolder, options: RunOptions, upstream: str, namespace: str) -> Manifest:
@@ -121,7 +128,9 @@ async def run(options: RunOptions) -> RunReport:
         manifest = _manifest(folder, options, upstream_model, upstream)
         settings = ModelSettings(options.model, upstream, options.seed, options.gen_kwargs or None)
         for task, docs, n_total in prepared:
-            manifest.tasks[task.name] = TaskEntry(task.raw, len(docs.eval), n_total, docs.train_pool_size)
+            shots = [docs.shots[i] for i in sorted(docs.shots)]
+            entry = TaskEntry(task.raw, len(docs.eval), n_total, docs.train_pool_size, shots)
+            manifest.tasks[task.name] = entry
             folder.write_docs(task.name, "eval", docs.eval)
             folder.write_docs(task.name, "train", docs.train)
         folder.write_manifest(manifest)
@@ -166,7 +175,7 @@ async def run(options: RunOptions) -> RunReport:
                 answers = train_answers(train, responses)
             if options.skip_eval:
                 continue
-            plans = await planned(eval_prompts(task, docs, options.seed, answers))
+            plans = await planned(eval_prompts(task, docs, answers))
             responses = await client.send((r for p in plans for r in p.requests), f"{task.name} eval")
             report.sent[f"{task.name}/eval"] = len(responses)
             _mark(manifest, "eval", task.name)
