@@ -110,6 +110,14 @@ def main() -> None:
 @click.option("--gen-kwargs", default=None, help="Generation kwargs k=v,… overriding the tasks'.")
 @click.option("--seed", type=int, default=1234, show_default=True)
 @click.option("--concurrency", type=int, default=8, show_default=True, help="Requests in flight at once.")
+@click.option(
+    "--lmeval-mode",
+    type=click.Choice(["sequential", "concurrent"]),
+    default="sequential",
+    show_default=True,
+    help="Which lm-eval run to match: sequential = num_concurrent=1 (lm-eval's default; EOS added to "
+    "every stop list), concurrent = num_concurrent>1 (stop lists as the task gives them).",
+)
 @click.option("--bootstrap-iters", type=int, default=1000, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the results JSON instead of the table.")
 @cache_dir_option
@@ -128,6 +136,7 @@ def run_command(
     gen_kwargs: str | None,
     seed: int,
     concurrency: int,
+    lmeval_mode: str,
     bootstrap_iters: int,
     as_json: bool,
     cache_dir: Path | None,
@@ -156,6 +165,7 @@ def run_command(
         gen_kwargs=parse_gen_kwargs(gen_kwargs),
         seed=seed,
         concurrency=concurrency,
+        lmeval_mode=lmeval_mode,
     )
     report = asyncio.run(run(options))
     sent = ", ".join(f"{k}: {v}" for k, v in report.sent.items()) or "nothing"

@@ -23,14 +23,14 @@ from typing import Any
 import orjson
 
 from scorer.errors import BadInput, MissingResponses
-from scorer.manifest import Manifest
+from scorer.manifest import SEQUENTIAL, Manifest
 from scorer.requests import ModelSettings, RequestBuilder
 from scorer.results import results_document, table
 from scorer.rounds import DocPlan, Documents, eval_prompts, plans_of, texts_of, train_prompts
 from scorer.scoring import TaskScorer, TaskScores
 from scorer.store import ResponseReader, RunFolder, write_atomic
 from scorer.tasks import TaskConfig, parse_task, with_overrides
-from scorer.tokenizer import TableTokenizer, prefix_token, special_texts, tokenize_key, tokenizer_info_key
+from scorer.tokenizer import TableTokenizer, prefix_texts, prefix_token, tokenize_key, tokenizer_info_key
 
 # Documents planned and scored together: big enough for bulk reads to pay, small enough to bound memory.
 BATCH_DOCS = 4096
@@ -52,6 +52,7 @@ def settings_of(manifest: Manifest) -> ModelSettings:
         manifest.cache_namespace or manifest.upstream_model,
         manifest.seed,
         manifest.gen_kwargs or None,
+        manifest.eos_string if manifest.lmeval_mode == SEQUENTIAL else None,
     )
 
 
@@ -117,7 +118,9 @@ def cached_prefix_token(reader: ResponseReader, namespace: str, task: str) -> in
     if raw is None:
         raise MissingResponses(task, [key])
     info = orjson.loads(raw)
-    table = cached_tokens(reader, namespace, task, special_texts(info))
+    table: dict[str, list[int]] = {}
+    while texts := prefix_texts(info, table):
+        table.update(cached_tokens(reader, namespace, task, texts))
     return prefix_token(info, TableTokenizer(table))
 
 

@@ -19,14 +19,14 @@ from typing import Any
 from scorer.client import GatewayClient
 from scorer.docs import load_docs
 from scorer.errors import BadInput
-from scorer.manifest import Manifest, TaskEntry
+from scorer.manifest import SEQUENTIAL, Manifest, TaskEntry
 from scorer.prompts import draw_shots
-from scorer.replay import cached_responses, cached_tokens, train_answers
-from scorer.requests import ModelSettings, RequestBuilder
+from scorer.replay import cached_responses, cached_tokens, settings_of, train_answers
+from scorer.requests import RequestBuilder
 from scorer.rounds import DocPlan, DocPrompt, Documents, eval_prompts, plans_of, texts_of, train_prompts
 from scorer.store import ResponseReader, RunFolder
 from scorer.tasks import TaskConfig, parse_task
-from scorer.tokenizer import TableTokenizer, prefix_token, special_texts
+from scorer.tokenizer import TableTokenizer, eos_string, prefix_texts, prefix_token
 
 
 @dataclass
@@ -45,6 +45,7 @@ class RunOptions:
     gen_kwargs: dict[str, Any] = field(default_factory=dict)
     seed: int = 1234
     concurrency: int = 8
+    lmeval_mode: str = SEQUENTIAL  # which lm-eval path's stop sequences to match (see scorer.manifest)
 
 
 @dataclass
@@ -88,7 +89,9 @@ def gather_documents(task: TaskConfig, limit: int | None, seed: int) -> tuple[Do
     return Documents(dict(enumerate(chosen)), train, pool_size, shots), n_total
 
 
-def _manifest(folder: RunFolder, options: RunOptions, upstream: str, namespace: str) -> Manifest:
+def _manifest(
+    folder: RunFolder, options: RunOptions, upstream: str, namespace: str, eos: str | None
+) -> Manifest:
     fresh = Manifest(
         options.run_id,
         options.model,
@@ -98,21 +101,25 @@ def _manifest(folder: RunFolder, options: RunOptions, upstream: str, namespace: 
         options.limit,
         options.gen_kwargs,
         cache_namespace=namespace,
+        lmeval_mode=options.lmeval_mode,
+        eos_string=eos,
     )
     if not folder.has_manifest():
         return fresh
     old = folder.read_manifest()
-    same = (old.model, old.cache_namespace, old.seed, old.gen_kwargs) == (
+    same = (old.model, old.cache_namespace, old.seed, old.gen_kwargs, old.lmeval_mode) == (
         options.model,
         namespace,
         options.seed,
         options.gen_kwargs,
+        options.lmeval_mode,
     )
     if not same:
         raise BadInput(
             f"run {options.run_id!r} was made with model {old.model}, seed {old.seed}, gen kwargs "
-            f"{old.gen_kwargs}; use another --run-id for other settings"
+            f"{old.gen_kwargs}, --lmeval-mode {old.lmeval_mode}; use another --run-id for other settings"
         )
+    old.eos_string = old.eos_string or eos
     old.gateway, old.limit = options.gateway, options.limit
     return old
 
@@ -125,8 +132,11 @@ async def run(options: RunOptions) -> RunReport:
     report = RunReport()
     async with GatewayClient(options.gateway, options.run_id, options.concurrency) as client:
         upstream_model, upstream = await client.model_names(options.model)
-        manifest = _manifest(folder, options, upstream_model, upstream)
-        settings = ModelSettings(options.model, upstream, options.seed, options.gen_kwargs or None)
+        eos = None
+        if options.lmeval_mode == SEQUENTIAL and any(t.output_type == "generate_until" for t in tasks):
+            eos = eos_string(await client.tokenizer_info(options.model, upstream))
+        manifest = _manifest(folder, options, upstream_model, upstream, eos)
+        settings = settings_of(manifest)
         for task, docs, n_total in prepared:
             shots = [docs.shots[i] for i in sorted(docs.shots)]
             entry = TaskEntry(task.raw, len(docs.eval), n_total, docs.train_pool_size, shots)
@@ -140,7 +150,8 @@ async def run(options: RunOptions) -> RunReport:
             prefix = None
             if task.output_type == "loglikelihood_rolling":
                 info = await client.tokenizer_info(options.model, upstream)
-                table.update(await client.tokenize(options.model, upstream, special_texts(info)))
+                while texts := prefix_texts(info, table):
+                    table.update(await client.tokenize(options.model, upstream, texts))
                 prefix = prefix_token(info, TableTokenizer(table))
             builder = RequestBuilder(task, settings, TableTokenizer(table), prefix)
 
