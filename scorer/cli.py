@@ -169,7 +169,14 @@ def run_command(
     )
     report = asyncio.run(run(options))
     sent = ", ".join(f"{k}: {v}" for k, v in report.sent.items()) or "nothing"
-    click.echo(f"run {run_id}: distinct requests {sent}", err=True)
+    if report.offline:
+        click.echo(
+            f"run {run_id}: {report.offline}; every answer was in the cache: read {report.read} "
+            f"({sent}), sent nothing",
+            err=True,
+        )
+    else:
+        click.echo(f"run {run_id}: distinct requests {sent}", err=True)
     if predict_only or skip_eval:
         click.echo(f"run {run_id}: recorded; score it with `scorer score {run_id}`", err=True)
         return

@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from scorer.cache_client import CacheClient
 from scorer.client import GatewayClient
 from scorer.docs import load_docs
-from scorer.errors import BadInput
+from scorer.errors import BadInput, GatewayUnreachable
 from scorer.manifest import SEQUENTIAL, Manifest, TaskEntry
 from scorer.prompts import draw_shots
 from scorer.replay import cached_responses, cached_tokens, settings_of, train_answers
@@ -53,6 +54,8 @@ class RunReport:
     """What a run sent: distinct requests per task and round."""
 
     sent: dict[str, int] = field(default_factory=dict)
+    offline: str = ""  # why the gateway was not used (then every answer was read from the cache)
+    read: int = 0  # answers read from the cache when offline
 
 
 def _with_fewshot(task: TaskConfig, num: int | None) -> TaskConfig:
@@ -130,68 +133,94 @@ async def run(options: RunOptions) -> RunReport:
     tasks = [_with_fewshot(t, options.num_fewshot) for t in options.tasks]
     prepared = [(t, *gather_documents(t, options.limit, options.seed)) for t in tasks]
     report = RunReport()
-    async with GatewayClient(options.gateway, options.run_id, options.concurrency) as client:
-        upstream_model, upstream = await client.model_names(options.model)
-        eos = None
-        if options.lmeval_mode == SEQUENTIAL and any(t.output_type == "generate_until" for t in tasks):
-            eos = eos_string(await client.tokenizer_info(options.model, upstream))
-        manifest = _manifest(folder, options, upstream_model, upstream, eos)
-        settings = settings_of(manifest)
-        for task, docs, n_total in prepared:
-            shots = [docs.shots[i] for i in sorted(docs.shots)]
-            entry = TaskEntry(task.raw, len(docs.eval), n_total, docs.train_pool_size, shots)
-            manifest.tasks[task.name] = entry
-            folder.write_docs(task.name, "eval", docs.eval)
-            folder.write_docs(task.name, "train", docs.train)
-        folder.write_manifest(manifest)
-
-        for task, docs, _ in prepared:
-            table: dict[str, list[int]] = {}
-            prefix = None
-            if task.output_type == "loglikelihood_rolling":
-                info = await client.tokenizer_info(options.model, upstream)
-                while texts := prefix_texts(info, table):
-                    table.update(await client.tokenize(options.model, upstream, texts))
-                prefix = prefix_token(info, TableTokenizer(table))
-            builder = RequestBuilder(task, settings, TableTokenizer(table), prefix)
-
-            async def planned(
-                prompts: list[DocPrompt],
-                builder: RequestBuilder = builder,
-                table: dict[str, list[int]] = table,
-            ) -> list[DocPlan]:
-                texts = [t for t in texts_of(prompts, builder) if t not in table]
-                if texts:
-                    table.update(await client.tokenize(options.model, upstream, texts))
-                return plans_of(prompts, builder)
-
-            answers = None
-            if task.fewshot_from_model:
-                prompts = train_prompts(task, docs)
-                if options.skip_train:  # the train answers must already be in the cache: read, never send
-                    reader = ResponseReader(options.cache_dir, options.run_id)
-                    try:
-                        table.update(cached_tokens(reader, upstream, task.name, texts_of(prompts, builder)))
-                        train = plans_of(prompts, builder)
-                        responses = cached_responses(reader, train, task.name)
-                    finally:
-                        reader.close()
-                else:
-                    train = await planned(prompts)
-                    responses = await client.send(
-                        (r for p in train for r in p.requests), f"{task.name} train"
-                    )
-                    report.sent[f"{task.name}/train"] = len(responses)
-                    _mark(manifest, "train", task.name)
-                answers = train_answers(train, responses)
-            if options.skip_eval:
-                continue
-            plans = await planned(eval_prompts(task, docs, answers))
-            responses = await client.send((r for p in plans for r in p.requests), f"{task.name} eval")
-            report.sent[f"{task.name}/eval"] = len(responses)
-            _mark(manifest, "eval", task.name)
-        folder.write_manifest(manifest)
+    async with GatewayClient(options.gateway, options.run_id, options.concurrency) as live:
+        client: GatewayClient | CacheClient = live
+        try:
+            upstream_model, upstream = await live.model_names(options.model)
+        except GatewayUnreachable as exc:  # everything may be cached already: read it as `scorer score` does
+            manifest = folder.read_manifest() if folder.has_manifest() else None
+            reader = ResponseReader(options.cache_dir, options.run_id)
+            client = CacheClient(reader, manifest, exc)
+            report.offline = str(exc)
+            try:
+                upstream_model, upstream = await client.model_names(options.model)
+                await _rounds(client, options, folder, tasks, prepared, upstream_model, upstream, report)
+            finally:
+                reader.close()
+            report.read = client.read
+            return report
+        await _rounds(client, options, folder, tasks, prepared, upstream_model, upstream, report)
     return report
+
+
+async def _rounds(
+    client: GatewayClient | CacheClient,
+    options: RunOptions,
+    folder: RunFolder,
+    tasks: list[TaskConfig],
+    prepared: list[tuple[TaskConfig, Documents, int]],
+    upstream_model: str,
+    upstream: str,
+    report: RunReport,
+) -> None:
+    """Store the manifest and snapshots, then send (or read) each task's train and eval rounds."""
+    eos = None
+    if options.lmeval_mode == SEQUENTIAL and any(t.output_type == "generate_until" for t in tasks):
+        eos = eos_string(await client.tokenizer_info(options.model, upstream))
+    manifest = _manifest(folder, options, upstream_model, upstream, eos)
+    settings = settings_of(manifest)
+    for task, docs, n_total in prepared:
+        shots = [docs.shots[i] for i in sorted(docs.shots)]
+        entry = TaskEntry(task.raw, len(docs.eval), n_total, docs.train_pool_size, shots)
+        manifest.tasks[task.name] = entry
+        folder.write_docs(task.name, "eval", docs.eval)
+        folder.write_docs(task.name, "train", docs.train)
+    folder.write_manifest(manifest)
+
+    for task, docs, _ in prepared:
+        table: dict[str, list[int]] = {}
+        prefix = None
+        if task.output_type == "loglikelihood_rolling":
+            info = await client.tokenizer_info(options.model, upstream)
+            while texts := prefix_texts(info, table):
+                table.update(await client.tokenize(options.model, upstream, texts))
+            prefix = prefix_token(info, TableTokenizer(table))
+        builder = RequestBuilder(task, settings, TableTokenizer(table), prefix)
+
+        async def planned(
+            prompts: list[DocPrompt],
+            builder: RequestBuilder = builder,
+            table: dict[str, list[int]] = table,
+        ) -> list[DocPlan]:
+            texts = [t for t in texts_of(prompts, builder) if t not in table]
+            if texts:
+                table.update(await client.tokenize(options.model, upstream, texts))
+            return plans_of(prompts, builder)
+
+        answers = None
+        if task.fewshot_from_model:
+            prompts = train_prompts(task, docs)
+            if options.skip_train:  # the train answers must already be in the cache: read, never send
+                reader = ResponseReader(options.cache_dir, options.run_id)
+                try:
+                    table.update(cached_tokens(reader, upstream, task.name, texts_of(prompts, builder)))
+                    train = plans_of(prompts, builder)
+                    responses = cached_responses(reader, train, task.name)
+                finally:
+                    reader.close()
+            else:
+                train = await planned(prompts)
+                responses = await client.send((r for p in train for r in p.requests), f"{task.name} train")
+                report.sent[f"{task.name}/train"] = len(responses)
+                _mark(manifest, "train", task.name)
+            answers = train_answers(train, responses)
+        if options.skip_eval:
+            continue
+        plans = await planned(eval_prompts(task, docs, answers))
+        responses = await client.send((r for p in plans for r in p.requests), f"{task.name} eval")
+        report.sent[f"{task.name}/eval"] = len(responses)
+        _mark(manifest, "eval", task.name)
+    folder.write_manifest(manifest)
 
 
 def _mark(manifest: Manifest, round_name: str, task: str) -> None:
