@@ -22,6 +22,7 @@ import orjson
 import yaml
 
 from scorer.errors import BadInput, GatewayFailure, MissingResponses
+from scorer.stderr import DEFAULT_BOOTSTRAP_ITERS
 from scorer.store import default_cache_dir
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -118,7 +119,13 @@ def main() -> None:
     help="Which lm-eval run to match: sequential = num_concurrent=1 (lm-eval's default; EOS added to "
     "every stop list), concurrent = num_concurrent>1 (stop lists as the task gives them).",
 )
-@click.option("--bootstrap-iters", type=int, default=1000, show_default=True)
+@click.option(
+    "--bootstrap-iters",
+    type=int,
+    default=DEFAULT_BOOTSTRAP_ITERS,
+    show_default=True,
+    help="Bootstrap resamples for corpus metrics' stderr (as lm-eval: at most 100 for bleu/chrf/ter).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the results JSON instead of the table.")
 @cache_dir_option
 @include_option
@@ -189,7 +196,13 @@ def run_command(
     "--task", "task_names", multiple=True, help="Score only this task (repeatable, or comma-separated)."
 )
 @click.option("--config", "config", default=None, help="Task overrides: YAML mapping text or a YAML file.")
-@click.option("--bootstrap-iters", type=int, default=1000, show_default=True)
+@click.option(
+    "--bootstrap-iters",
+    type=int,
+    default=DEFAULT_BOOTSTRAP_ITERS,
+    show_default=True,
+    help="Bootstrap resamples for corpus metrics' stderr (as lm-eval: at most 100 for bleu/chrf/ter).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the results JSON instead of the table.")
 @cache_dir_option
 @_reported

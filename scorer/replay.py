@@ -14,6 +14,7 @@ import gc
 import hashlib
 import multiprocessing
 import os
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from scorer.requests import ModelSettings, RequestBuilder
 from scorer.results import results_document, table
 from scorer.rounds import DocPlan, Documents, eval_prompts, plans_of, texts_of, train_prompts
 from scorer.scoring import TaskScorer, TaskScores
+from scorer.stderr import DEFAULT_BOOTSTRAP_ITERS
 from scorer.store import ResponseReader, RunFolder, write_atomic
 from scorer.tasks import TaskConfig, parse_task, with_overrides
 from scorer.tokenizer import TableTokenizer, prefix_texts, prefix_token, tokenize_key, tokenizer_info_key
@@ -252,7 +254,7 @@ def score_from_cache(
     manifest: Manifest,
     task: TaskConfig,
     docs: Documents,
-    bootstrap_iters: int = 1000,
+    bootstrap_iters: int = DEFAULT_BOOTSTRAP_ITERS,
     batch_docs: int = BATCH_DOCS,
     workers: int | None = None,
 ) -> TaskScores:
@@ -321,7 +323,7 @@ def score_run(
     run_id: str,
     task_names: list[str] | None = None,
     overrides: Mapping[str, Any] | None = None,
-    bootstrap_iters: int = 1000,
+    bootstrap_iters: int = DEFAULT_BOOTSTRAP_ITERS,
     write: bool = True,
 ) -> ScoreOutcome:
     """Score run ``run_id`` from the cache alone and (by default) write its results.
@@ -330,6 +332,7 @@ def score_run(
         BadInput: unknown run-id or task, bad manifest, bad overrides.
         MissingResponses: the cache lacks some response; nothing is written.
     """
+    started = time.time()
     folder = RunFolder(cache_dir, run_id)
     manifest = folder.read_manifest()
     tasks = select_tasks(manifest, task_names, overrides)
@@ -342,7 +345,8 @@ def score_run(
                 scores.append(score_from_cache(reader, manifest, task, docs, bootstrap_iters))
     finally:
         reader.close()
-    document = results_document(scores, manifest, {t: e.n_eval_total for t, e in manifest.tasks.items()})
+    totals = {t: e.n_eval_total for t, e in manifest.tasks.items()}
+    document = results_document(scores, manifest, totals, bootstrap_iters, started)
     path = None
     if write:
         suffix = f"-{overrides_tag(overrides)}" if overrides else ""

@@ -120,8 +120,13 @@ class RequestBuilder:
         temperature = gen.pop("temperature", 0)
         until = gen.pop("until", None)
         stop = [until] if isinstance(until, str) else list(until or [])
-        if self.settings.eos is not None and self.settings.eos not in stop:
-            stop.append(self.settings.eos)  # lm-eval's handle_stop_sequences, before chat's stop[:4]
+        if (
+            self.task.raw["api"] == "completions"
+            and self.settings.eos is not None
+            and self.settings.eos not in stop
+        ):
+            # lm-eval's handle_stop_sequences; local-chat-completions has no tokenizer, so no EOS string
+            stop.append(self.settings.eos)
         if self.task.raw["repeats"] > 1:
             gen["n"] = self.task.raw["repeats"]
         common = {"max_tokens": max_tokens, "temperature": temperature}

@@ -165,7 +165,7 @@ async def _rounds(
 ) -> None:
     """Store the manifest and snapshots, then send (or read) each task's train and eval rounds."""
     eos = None
-    if options.lmeval_mode == SEQUENTIAL and any(t.output_type == "generate_until" for t in tasks):
+    if options.lmeval_mode == SEQUENTIAL and any(_adds_eos(t) for t in tasks):
         eos = eos_string(await client.tokenizer_info(options.model, upstream))
     manifest = _manifest(folder, options, upstream_model, upstream, eos)
     settings = settings_of(manifest)
@@ -221,6 +221,11 @@ async def _rounds(
         report.sent[f"{task.name}/eval"] = len(responses)
         _mark(manifest, "eval", task.name)
     folder.write_manifest(manifest)
+
+
+def _adds_eos(task: TaskConfig) -> bool:
+    """Whether lm-eval's sequential path adds EOS to this task's stop lists (completions generation)."""
+    return task.output_type == "generate_until" and task.raw["api"] == "completions"
 
 
 def _mark(manifest: Manifest, round_name: str, task: str) -> None:
