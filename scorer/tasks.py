@@ -375,19 +375,59 @@ def _check_regex(pattern: Any, where: str) -> None:
 # -- finding task files --------------------------------------------------------
 
 
-def load_task_file(path: Path) -> TaskConfig:
-    """Read and validate one task YAML file."""
+class _Function(str):
+    """A ``!function module.name`` value of lm-eval's task YAML (a Python helper beside the file)."""
+
+
+class _TaskLoader(yaml.SafeLoader):
+    """YAML as lm-eval reads task files: ``!function`` is kept as a marker, to be refused by key."""
+
+
+_TaskLoader.add_constructor(
+    "!function",
+    lambda loader, node: _Function(loader.construct_scalar(node)),  # type: ignore[arg-type]
+)
+
+
+def _read_yaml(path: Path, depth: int = 0) -> Any:
+    """A task file's mapping with lm-eval's ``include:`` (a path relative to the file) merged under it."""
     try:
         text = path.read_text()
     except OSError as exc:
         raise BadInput(f"{path}: cannot read task file: {exc.strerror}") from exc
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_TaskLoader)  # noqa: S506 - a SafeLoader with one marker tag
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise BadInput(f"{path}:{line} not valid YAML: {problem}") from exc
+    if isinstance(data, dict) and "include" in data:
+        if depth > 8:
+            raise BadInput(f"{path}: include nests too deep (a cycle?)")
+        included = _read_yaml(path.parent / str(data.pop("include")), depth + 1)
+        if not isinstance(included, dict):
+            raise BadInput(f"{path}: include must name a YAML mapping")
+        data = {**included, **data}
+    return data
+
+
+def _refuse_functions(data: Any, where: str) -> None:
+    """One line naming the key of the first ``!function`` value: Python helpers are not run."""
+    if isinstance(data, dict):
+        for key, value in data.items():
+            if isinstance(value, _Function):
+                raise BadInput(f"{where}: {key} is !function {value}: Python helpers are not supported")
+            _refuse_functions(value, where)
+    elif isinstance(data, list):
+        for value in data:
+            _refuse_functions(value, where)
+
+
+def load_task_file(path: Path) -> TaskConfig:
+    """Read and validate one task YAML file (lm-eval's ``include:`` resolved beside it)."""
+    data = _read_yaml(path)
+    _refuse_functions(data, str(path))
     return parse_task(data, str(path), base_dir=path.parent)
 
 

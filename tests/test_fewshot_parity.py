@@ -201,3 +201,20 @@ def test_an_unsupported_sampler_is_refused_naming_file_and_key(tmp_path: Path) -
     path.write_text(text + "fewshot_config:\n  sampler: balanced\n")
     with pytest.raises(BadInput, match=r"balanced\.yaml.*fewshot_config\.sampler 'balanced'"):
         load_task_file(path)
+
+
+def test_an_lm_eval_include_is_read_beside_the_file_and_its_keys_are_overridden(task_dir: Path) -> None:
+    (task_dir / "_template_yaml").write_text(TASKS["mc_5shot_first_n"].replace("{DATA}", str(task_dir)))
+    path = task_dir / "included.yaml"
+    path.write_text('include: _template_yaml\ntask: included\ndescription: "About astronomy.\\n\\n"\n')
+    task = load_task_file(path)
+    assert (task.name, task.num_fewshot, task.raw["fewshot"]["sampler"]) == ("included", 5, "first_n")
+    assert task.raw["description"] == "About astronomy.\n\n"
+
+
+def test_a_function_helper_is_refused_naming_file_and_key(tmp_path: Path) -> None:
+    path = tmp_path / "helper.yaml"
+    text = TASKS["mc_0shot"].replace("{DATA}", str(tmp_path))
+    path.write_text(text.replace("doc_to_target: answer", "doc_to_target: !function utils.target"))
+    with pytest.raises(BadInput, match=r"helper\.yaml: doc_to_target is !function utils\.target"):
+        load_task_file(path)
