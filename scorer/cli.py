@@ -22,6 +22,7 @@ import orjson
 import yaml
 
 from scorer.errors import BadInput, GatewayFailure, MissingResponses
+from scorer.stderr import DEFAULT_BOOTSTRAP_ITERS
 from scorer.store import default_cache_dir
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -110,7 +111,21 @@ def main() -> None:
 @click.option("--gen-kwargs", default=None, help="Generation kwargs k=v,… overriding the tasks'.")
 @click.option("--seed", type=int, default=1234, show_default=True)
 @click.option("--concurrency", type=int, default=8, show_default=True, help="Requests in flight at once.")
-@click.option("--bootstrap-iters", type=int, default=1000, show_default=True)
+@click.option(
+    "--lmeval-mode",
+    type=click.Choice(["sequential", "concurrent"]),
+    default="sequential",
+    show_default=True,
+    help="Which lm-eval run to match: sequential = num_concurrent=1 (lm-eval's default; EOS added to "
+    "every stop list), concurrent = num_concurrent>1 (stop lists as the task gives them).",
+)
+@click.option(
+    "--bootstrap-iters",
+    type=int,
+    default=DEFAULT_BOOTSTRAP_ITERS,
+    show_default=True,
+    help="Bootstrap resamples for corpus metrics' stderr (as lm-eval: at most 100 for bleu/chrf/ter).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the results JSON instead of the table.")
 @cache_dir_option
 @include_option
@@ -128,6 +143,7 @@ def run_command(
     gen_kwargs: str | None,
     seed: int,
     concurrency: int,
+    lmeval_mode: str,
     bootstrap_iters: int,
     as_json: bool,
     cache_dir: Path | None,
@@ -156,10 +172,18 @@ def run_command(
         gen_kwargs=parse_gen_kwargs(gen_kwargs),
         seed=seed,
         concurrency=concurrency,
+        lmeval_mode=lmeval_mode,
     )
     report = asyncio.run(run(options))
     sent = ", ".join(f"{k}: {v}" for k, v in report.sent.items()) or "nothing"
-    click.echo(f"run {run_id}: distinct requests {sent}", err=True)
+    if report.offline:
+        click.echo(
+            f"run {run_id}: {report.offline}; every answer was in the cache: read {report.read} "
+            f"({sent}), sent nothing",
+            err=True,
+        )
+    else:
+        click.echo(f"run {run_id}: distinct requests {sent}", err=True)
     if predict_only or skip_eval:
         click.echo(f"run {run_id}: recorded; score it with `scorer score {run_id}`", err=True)
         return
@@ -172,7 +196,13 @@ def run_command(
     "--task", "task_names", multiple=True, help="Score only this task (repeatable, or comma-separated)."
 )
 @click.option("--config", "config", default=None, help="Task overrides: YAML mapping text or a YAML file.")
-@click.option("--bootstrap-iters", type=int, default=1000, show_default=True)
+@click.option(
+    "--bootstrap-iters",
+    type=int,
+    default=DEFAULT_BOOTSTRAP_ITERS,
+    show_default=True,
+    help="Bootstrap resamples for corpus metrics' stderr (as lm-eval: at most 100 for bleu/chrf/ter).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the results JSON instead of the table.")
 @cache_dir_option
 @_reported

@@ -18,7 +18,7 @@ import aiohttp
 import orjson
 from tqdm import tqdm
 
-from scorer.errors import BadInput, GatewayFailure
+from scorer.errors import BadInput, GatewayFailure, GatewayUnreachable
 from scorer.requests import Request
 from scorer.tokenizer import TOKENIZE, TOKENIZER_INFO, tokenize_body, tokenize_key, tokenizer_info_key
 
@@ -58,6 +58,8 @@ class GatewayClient:
         try:
             async with self.session.get(self.root + "/v1/models") as response:
                 data = await response.json(content_type=None)
+        except aiohttp.ClientConnectorError as exc:
+            raise GatewayUnreachable(f"gateway {self.root} is unreachable: {exc}") from exc
         except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
             raise GatewayFailure(f"gateway {self.root}: cannot list models: {exc}") from exc
         models = {m["id"]: m for m in data.get("data", []) if isinstance(m, dict) and "id" in m}

@@ -14,15 +14,21 @@ class BadInput(ValueError):
 class MissingResponses(LookupError):
     """Responses a run should hold but the cache does not: reported, never fetched."""
 
-    def __init__(self, task: str, keys: list[str]) -> None:
+    def __init__(
+        self, task: str, keys: list[str], remedy: str = "run `scorer run` again to generate them"
+    ) -> None:
         self.task = task
         self.keys = keys
         shown = ", ".join(k[:16] for k in keys[:3])
         super().__init__(
             f"task {task}: {len(keys)} response(s) missing from the cache (keys {shown}"
-            f"{', …' if len(keys) > 3 else ''}); run `scorer run` again to generate them"
+            f"{', …' if len(keys) > 3 else ''}); {remedy}"
         )
 
 
 class GatewayFailure(RuntimeError):
     """The gateway refused or failed a request during `scorer run`."""
+
+
+class GatewayUnreachable(GatewayFailure):
+    """Nothing listens at the gateway's address: `scorer run` may still read everything from the cache."""

@@ -17,6 +17,10 @@ from typing import Any
 from scorer.errors import BadInput
 
 MANIFEST_SCHEMA = 1
+# lm-eval's two ways of sending generate_until: num_concurrent=1 (its default) adds the EOS string to
+# every stop list, num_concurrent>1 does not. The scorer matches one, so its keys meet lm-eval's.
+SEQUENTIAL, CONCURRENT = "sequential", "concurrent"
+LMEVAL_MODES = (SEQUENTIAL, CONCURRENT)
 SCORER_VERSION = "0.1.0"
 
 
@@ -28,6 +32,7 @@ class TaskEntry:
     n_eval: int
     n_eval_total: int
     train_pool_size: int = 0
+    shots: list[list[int]] = field(default_factory=list)  # per evaluated document: its few-shot pool indices
 
 
 @dataclass
@@ -42,6 +47,8 @@ class Manifest:
     limit: int | None
     gen_kwargs: dict[str, Any]
     cache_namespace: str = ""  # what the cache keys name the model by (older manifests: upstream_model)
+    lmeval_mode: str = "concurrent"  # which lm-eval path's stop sequences (older manifests: concurrent)
+    eos_string: str | None = None  # the tokenizer's EOS string (sequential mode adds it to stop)
     tasks: dict[str, TaskEntry] = field(default_factory=dict)
     rounds: dict[str, list[str]] = field(default_factory=lambda: {"train": [], "eval": []})
     created: float = field(default_factory=time.time)

@@ -1,9 +1,12 @@
 """From a document to its prompt: fields as lm-evaluation-harness resolves them, and few-shot contexts.
 
-Few-shot examples are drawn per evaluated document with a generator seeded by
-(seed, task, document index): the same run settings always give the same
-prompts, however many documents are evaluated (``--limit``) and in whatever
-order.
+Few-shot examples are drawn as lm-eval's samplers (``lm_eval/api/samplers.py``)
+draw them: one generator per task, seeded once, shared by the evaluated
+documents in document order; so document ``i``'s examples are lm-eval's for
+the same seed, and do not depend on ``--limit`` (earlier documents draw first).
+The prompt is lm-eval's ``fewshot_context``: the description as it is (no
+delimiter added), each example as question, target delimiter, answer,
+few-shot delimiter, then the question.
 """
 
 from __future__ import annotations
@@ -102,27 +105,64 @@ def target_text(task: TaskConfig, doc: dict[str, Any]) -> str:
     return str(target)
 
 
-def fewshot_indices(
-    task: TaskConfig, doc_index: int, pool_size: int, seed: int, same_split: bool
-) -> list[int]:
-    """Which train documents precede evaluated document ``doc_index`` (reproducible)."""
+def draw_shots(
+    task: TaskConfig, eval_docs: list[dict[str, Any]], pool: list[dict[str, Any]], seed: int
+) -> list[list[int]]:
+    """For each of ``eval_docs`` in order, the indices into ``pool`` of its few-shot examples.
+
+    ``default``: lm-eval's ``ContextSampler`` with ``Random(seed)``: ``k``
+    draws, or ``k + 1`` when the evaluated document is to be left out (then
+    every drawn copy of it is dropped and the rest cut to ``k``; if that leaves
+    too few, ``k`` are drawn again from the pool without it). ``first_n``: the
+    first ``k`` of the pool (without the evaluated document). Indices stand for
+    documents: ``random.sample`` picks positions, whatever the items are.
+    """
     k = task.num_fewshot
     if k == 0:
-        return []
-    candidates = [i for i in range(pool_size) if not (same_split and i == doc_index)]
-    if k > len(candidates):
-        raise BadInput(
-            f"task {task.name}: {k} few-shot examples asked, the train split has {len(candidates)}"
-        )
-    return random.Random(f"{seed}/{task.name}/{doc_index}").sample(candidates, k)
+        return [[] for _ in eval_docs]
+    fewshot = task.raw["fewshot"]
+    exclude = bool(fewshot["exclude_eval_doc"])
+    size = len(pool)
+    where = f"task {task.name}"
+    if fewshot["sampler"] == "first_n":
+        shots = []
+        for doc in eval_docs:
+            kept = [i for i in range(size) if not (exclude and pool[i] == doc)]
+            if k > len(kept):
+                raise BadInput(f"{where}: {k} few-shot examples asked, the few-shot pool has {len(kept)}")
+            shots.append(kept[:k])
+        return shots
+    if k + exclude > size:
+        raise BadInput(f"{where}: {k} few-shot examples asked, the few-shot pool has {size}")
+    rnd = random.Random(seed)
+    shots = []
+    for doc in eval_docs:
+        if not (exclude and doc):
+            shots.append(rnd.sample(range(size), k))
+            continue
+        picked = [i for i in rnd.sample(range(size), k + 1) if pool[i] != doc][:k]
+        if len(picked) < k:
+            picked = rnd.sample([i for i in range(size) if pool[i] != doc], k)
+        shots.append(picked)
+    return shots
 
 
-def context(task: TaskConfig, doc: dict[str, Any], shots: list[tuple[str, str]]) -> str:
-    """The full prompt text: description, few-shot (question, answer) pairs, then the question."""
-    target_delimiter = task.raw["target_delimiter"]
-    fewshot_delimiter = task.raw["fewshot_delimiter"]
+def example(task: TaskConfig, doc: dict[str, Any], answer: str) -> str:
+    """One few-shot example as lm-eval's ``build_qa_turn`` renders it (an empty answer shows no answer)."""
+    question = doc_to_text(task, doc)
+    if answer == "":
+        return question
+    fewshot = task.raw["fewshot"]
+    return question + fewshot["target_delimiter"] + answer + fewshot["fewshot_delimiter"]
+
+
+def context(task: TaskConfig, doc: dict[str, Any], examples: list[str]) -> str:
+    """The full prompt text: the description, the rendered few-shot ``examples``, then the question."""
     description = task.raw["description"]
     if description:
-        description = render(description, doc, f"task {task.name}: description") + fewshot_delimiter
-    examples = "".join(q + target_delimiter + a + fewshot_delimiter for q, a in shots)
-    return description + examples + doc_to_text(task, doc)
+        description = (
+            str(doc[description])
+            if description in doc
+            else render(description, doc, f"task {task.name}: description")
+        )
+    return description + "".join(examples) + doc_to_text(task, doc)

@@ -14,6 +14,7 @@ import gc
 import hashlib
 import multiprocessing
 import os
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,14 +24,15 @@ from typing import Any
 import orjson
 
 from scorer.errors import BadInput, MissingResponses
-from scorer.manifest import Manifest
+from scorer.manifest import SEQUENTIAL, Manifest
 from scorer.requests import ModelSettings, RequestBuilder
 from scorer.results import results_document, table
 from scorer.rounds import DocPlan, Documents, eval_prompts, plans_of, texts_of, train_prompts
 from scorer.scoring import TaskScorer, TaskScores
+from scorer.stderr import DEFAULT_BOOTSTRAP_ITERS
 from scorer.store import ResponseReader, RunFolder, write_atomic
 from scorer.tasks import TaskConfig, parse_task, with_overrides
-from scorer.tokenizer import TableTokenizer, prefix_token, special_texts, tokenize_key, tokenizer_info_key
+from scorer.tokenizer import TableTokenizer, prefix_texts, prefix_token, tokenize_key, tokenizer_info_key
 
 # Documents planned and scored together: big enough for bulk reads to pay, small enough to bound memory.
 BATCH_DOCS = 4096
@@ -52,18 +54,24 @@ def settings_of(manifest: Manifest) -> ModelSettings:
         manifest.cache_namespace or manifest.upstream_model,
         manifest.seed,
         manifest.gen_kwargs or None,
+        manifest.eos_string if manifest.lmeval_mode == SEQUENTIAL else None,
     )
 
 
 def documents_of(folder: RunFolder, manifest: Manifest, task: TaskConfig) -> Documents:
     """The document snapshots a run stored for ``task``."""
     entry = manifest.tasks[task.name]
-    train_split = task.raw["train_split"] or task.raw["eval_split"]
+    if task.num_fewshot > 0 and entry.n_eval and len(entry.shots) != entry.n_eval:
+        raise BadInput(
+            f"run {manifest.run_id!r}, task {task.name}: the manifest does not record which few-shot "
+            "examples each document showed (made by an older scorer, or --config changed num_fewshot); "
+            "run it again with `scorer run`"
+        )
     return Documents(
         folder.read_docs(task.name, "eval"),
         folder.read_docs(task.name, "train"),
         entry.train_pool_size,
-        train_split == task.raw["eval_split"],
+        dict(enumerate(entry.shots)),
     )
 
 
@@ -112,7 +120,9 @@ def cached_prefix_token(reader: ResponseReader, namespace: str, task: str) -> in
     if raw is None:
         raise MissingResponses(task, [key])
     info = orjson.loads(raw)
-    table = cached_tokens(reader, namespace, task, special_texts(info))
+    table: dict[str, list[int]] = {}
+    while texts := prefix_texts(info, table):
+        table.update(cached_tokens(reader, namespace, task, texts))
     return prefix_token(info, TableTokenizer(table))
 
 
@@ -167,7 +177,7 @@ class BatchScorer:
         """Score the documents ``doc_ids``; once one lacks a response, the rest are only checked."""
         reader, builder, table = self.reader, self.builder, self.table
         missing: list[str] = []
-        prompts = eval_prompts(self.task, self.docs, self.manifest.seed, self.answers, doc_ids)
+        prompts = eval_prompts(self.task, self.docs, self.answers, doc_ids)
         table.clear()
         table.update(_tokens(reader, self.upstream, texts_of(prompts, builder), missing))
         if missing:  # only prompts whose every text has token ids can be built
@@ -244,7 +254,7 @@ def score_from_cache(
     manifest: Manifest,
     task: TaskConfig,
     docs: Documents,
-    bootstrap_iters: int = 1000,
+    bootstrap_iters: int = DEFAULT_BOOTSTRAP_ITERS,
     batch_docs: int = BATCH_DOCS,
     workers: int | None = None,
 ) -> TaskScores:
@@ -313,7 +323,7 @@ def score_run(
     run_id: str,
     task_names: list[str] | None = None,
     overrides: Mapping[str, Any] | None = None,
-    bootstrap_iters: int = 1000,
+    bootstrap_iters: int = DEFAULT_BOOTSTRAP_ITERS,
     write: bool = True,
 ) -> ScoreOutcome:
     """Score run ``run_id`` from the cache alone and (by default) write its results.
@@ -322,6 +332,7 @@ def score_run(
         BadInput: unknown run-id or task, bad manifest, bad overrides.
         MissingResponses: the cache lacks some response; nothing is written.
     """
+    started = time.time()
     folder = RunFolder(cache_dir, run_id)
     manifest = folder.read_manifest()
     tasks = select_tasks(manifest, task_names, overrides)
@@ -334,7 +345,8 @@ def score_run(
                 scores.append(score_from_cache(reader, manifest, task, docs, bootstrap_iters))
     finally:
         reader.close()
-    document = results_document(scores, manifest, {t: e.n_eval_total for t, e in manifest.tasks.items()})
+    totals = {t: e.n_eval_total for t, e in manifest.tasks.items()}
+    document = results_document(scores, manifest, totals, bootstrap_iters, started)
     path = None
     if write:
         suffix = f"-{overrides_tag(overrides)}" if overrides else ""

@@ -8,8 +8,9 @@ same cache entries. Choices that decide the bytes, all from lm-eval 0.4.x:
   ``max_length - 1 - max_gen_toks`` tokens, loglikelihood inputs to
   ``max_length - 1``;
 * ``generate_until``: ``prompt, model, max_tokens, temperature, stop, seed``
-  plus any other generation kwargs; ``stop`` is the task's ``until`` (lm-eval's
-  concurrent path does not append the EOS string);
+  plus any other generation kwargs; ``stop`` is the task's ``until``, plus the
+  tokenizer's EOS string when matching lm-eval's sequential path
+  (``num_concurrent=1``, its default) — its concurrent path appends nothing;
 * ``loglikelihood``/``multiple_choice``: ``model, prompt, temperature 0,
   max_tokens 1, logprobs 1, seed, echo true``; trailing spaces of the context
   move to the continuation, and the continuation's ids are those of
@@ -65,6 +66,7 @@ class ModelSettings:
     namespace: str  # the model's cache namespace, which keys name it by
     seed: int = 1234
     gen_kwargs: dict[str, Any] | None = None  # --gen-kwargs: override the task's
+    eos: str | None = None  # added to every ``stop`` (lm-eval's sequential path); None: as the task says
 
 
 def _sample_zero(key: str, endpoint: str, fields: dict[str, Any]) -> str:
@@ -118,6 +120,13 @@ class RequestBuilder:
         temperature = gen.pop("temperature", 0)
         until = gen.pop("until", None)
         stop = [until] if isinstance(until, str) else list(until or [])
+        if (
+            self.task.raw["api"] == "completions"
+            and self.settings.eos is not None
+            and self.settings.eos not in stop
+        ):
+            # lm-eval's handle_stop_sequences; local-chat-completions has no tokenizer, so no EOS string
+            stop.append(self.settings.eos)
         if self.task.raw["repeats"] > 1:
             gen["n"] = self.task.raw["repeats"]
         common = {"max_tokens": max_tokens, "temperature": temperature}

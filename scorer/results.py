@@ -1,25 +1,69 @@
 """Results in lm-evaluation-harness's JSON schema, per-sample JSONL, and the terminal table.
 
-The JSON has ``results`` (per task, ``metric,filter`` keys with
+The JSON has lm-eval 0.4's top-level keys with its shapes: ``results`` (per
+task ``name``, ``alias``, ``sample_len`` and ``metric,filter`` keys with
 ``metric_stderr,filter`` beside them), ``group_subtasks``, ``configs``,
-``versions``, ``n-shot``, ``higher_is_better``, ``n-samples``, ``config`` and
-``date``, so tools that read lm-eval's output read ours.
+``versions``, ``n-shot``, ``higher_is_better``, ``n-samples``, ``config``
+(``model_args`` a mapping, ``bootstrap_iters``, the seeds), ``git_hash``,
+``date``, the environment keys ``pretty_env_info``, ``transformers_version``,
+``lm_eval_version``, ``upper_git_hash``, and ``total_evaluation_time_seconds``
+(a string, as its tracker writes it); so tools that read lm-eval's output
+read ours. The scorer's own extras sit beside them in ``config``.
 """
 
 from __future__ import annotations
 
+import platform
+import subprocess
 import time
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from scorer.manifest import SCORER_VERSION, Manifest
 from scorer.scoring import TaskScores
+from scorer.stderr import DEFAULT_BOOTSTRAP_ITERS
 
 
-def results_document(scores: list[TaskScores], manifest: Manifest, n_total: dict[str, int]) -> dict[str, Any]:
-    """The lm-eval-schema results of ``scores``."""
+def _git_hash(cwd: str | None = None) -> str | None:
+    """``git describe --always`` of the working directory, as lm-eval records it (None outside a repo)."""
+    try:
+        done = subprocess.run(
+            ["git", "describe", "--always"], cwd=cwd, capture_output=True, text=True, timeout=5, check=True
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() or None
+
+
+def _version(package: str) -> str:
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "N/A"
+
+
+def environment() -> dict[str, Any]:
+    """lm-eval's environment keys (``add_env_info``), filled without importing torch or transformers."""
+    return {
+        "pretty_env_info": f"Python {platform.python_version()} on {platform.platform()} (replaygate scorer)",
+        "transformers_version": _version("transformers"),
+        "lm_eval_version": _version("lm_eval"),
+        "upper_git_hash": _git_hash(".."),
+    }
+
+
+def results_document(
+    scores: list[TaskScores],
+    manifest: Manifest,
+    n_total: dict[str, int],
+    bootstrap_iters: int = DEFAULT_BOOTSTRAP_ITERS,
+    started: float | None = None,
+) -> dict[str, Any]:
+    """The lm-eval-schema results of ``scores``; ``started`` (a ``time.time()``) dates the evaluation."""
+    start = time.time() if started is None else started
     results: dict[str, Any] = {}
     for s in scores:
-        entry: dict[str, Any] = {"alias": s.task.name}
+        entry: dict[str, Any] = {"name": s.task.name, "alias": s.task.name, "sample_len": s.n_samples}
         for (metric, filter_name), (value, stderr) in s.values.items():
             entry[f"{metric},{filter_name}"] = value
             entry[f"{metric}_stderr,{filter_name}"] = stderr
@@ -39,16 +83,32 @@ def results_document(scores: list[TaskScores], manifest: Manifest, n_total: dict
         },
         "config": {
             "model": "replaygate-scorer",
-            "model_args": f"model={manifest.model},upstream_model={manifest.upstream_model}",
+            "model_args": {
+                "model": manifest.model,
+                "upstream_model": manifest.upstream_model,
+                "cache_namespace": manifest.cache_namespace,
+                "seed": manifest.seed,
+            },
             "model_name": manifest.model,
-            "run_id": manifest.run_id,
             "batch_size": 1,
+            "batch_sizes": [],
+            "device": None,
+            "use_cache": None,
             "limit": manifest.limit,
+            "bootstrap_iters": bootstrap_iters,
             "gen_kwargs": manifest.gen_kwargs,
             "random_seed": manifest.seed,
+            "numpy_seed": manifest.seed,
+            "torch_seed": manifest.seed,
+            "fewshot_seed": manifest.seed,
+            "run_id": manifest.run_id,
+            "lmeval_mode": manifest.lmeval_mode,
             "scorer_version": SCORER_VERSION,
         },
-        "date": time.time(),
+        "git_hash": _git_hash(),
+        "date": start,
+        **environment(),
+        "total_evaluation_time_seconds": str(time.time() - start),
     }
 
 
@@ -65,7 +125,7 @@ def table(document: dict[str, Any]) -> str:
         shots = document["n-shot"].get(task, "")
         better = document["higher_is_better"].get(task, {})
         for key, value in entry.items():
-            if key == "alias" or "_stderr," in key:
+            if "," not in key or "_stderr," in key:
                 continue
             metric, filter_name = key.split(",", 1)
             stderr = entry.get(f"{metric}_stderr,{filter_name}", "N/A")

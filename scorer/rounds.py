@@ -6,7 +6,7 @@ tokenized), so a round's texts are known, and tokenized in bulk, before any
 request is built. The train round asks the model for its own answers on the train documents
 that serve as few-shot examples (only for tasks with ``fewshot.targets:
 model``); the eval round asks what the task evaluates. Plans are pure
-functions of the task, the documents, the seed, the tokenizer and (for the
+functions of the task, the documents (with their drawn few-shot examples), the tokenizer and (for the
 eval round) the train answers, which is what lets ``scorer score`` rebuild
 exactly the requests ``scorer run`` sent.
 """
@@ -14,10 +14,10 @@ exactly the requests ``scorer run`` sent.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple, TypeVar
 
-from scorer.prompts import context, doc_to_choice, doc_to_target, doc_to_text, fewshot_indices, target_text
+from scorer.prompts import context, doc_to_choice, doc_to_target, doc_to_text, example, target_text
 from scorer.requests import Ask, Request, RequestBuilder
 from scorer.tasks import TaskConfig
 from scorer.tokenizer import RecordingTokenizer, TableTokenizer, Tokenizer
@@ -38,24 +38,22 @@ class DocPlan(NamedTuple):
 
 @dataclass(frozen=True)
 class Documents:
-    """The documents a task's rounds draw on: evaluated ones, and the train pool."""
+    """The documents a task's rounds draw on: evaluated ones, the few-shot pool, and who shows which.
+
+    ``shots[doc_id]`` are the pool indices of that document's examples, drawn
+    once when the run is made (:func:`scorer.prompts.draw_shots`) and stored
+    with it, so a re-score shows exactly the examples the run showed.
+    """
 
     eval: dict[int, dict[str, Any]]
     train: dict[int, dict[str, Any]]  # only the ones used as few-shot examples
     train_pool_size: int
-    same_split: bool
+    shots: dict[int, list[int]] = field(default_factory=dict)
 
 
-def shots_for(task: TaskConfig, docs: Documents, doc_id: int, seed: int) -> list[int]:
-    """Indices of the train documents shown before evaluated document ``doc_id``."""
-    return fewshot_indices(task, doc_id, docs.train_pool_size, seed, docs.same_split)
-
-
-def needed_train(
-    task: TaskConfig, eval_ids: list[int], pool_size: int, seed: int, same_split: bool
-) -> set[int]:
-    """Every train index some evaluated document uses as an example."""
-    return {i for d in eval_ids for i in fewshot_indices(task, d, pool_size, seed, same_split)}
+def shots_for(docs: Documents, doc_id: int) -> list[int]:
+    """Indices of the few-shot documents shown before evaluated document ``doc_id``."""
+    return docs.shots.get(doc_id, [])
 
 
 class DocPrompt(NamedTuple):
@@ -84,7 +82,6 @@ def train_prompts(task: TaskConfig, docs: Documents) -> list[DocPrompt]:
 def eval_prompts(
     task: TaskConfig,
     docs: Documents,
-    seed: int,
     train_answers: dict[int, str] | None = None,
     doc_ids: Iterable[int] | None = None,
 ) -> list[DocPrompt]:
@@ -92,18 +89,18 @@ def eval_prompts(
     prompts = []
     output_type = task.output_type
     fewshot = task.num_fewshot > 0
-    examples: dict[int, tuple[str, str]] = {}  # each train document is rendered once, however often shown
+    examples: dict[int, str] = {}  # each few-shot document is rendered once, however often shown
     for doc_id in sorted(docs.eval) if doc_ids is None else doc_ids:
         doc = docs.eval[doc_id]
-        shots = []
-        for i in shots_for(task, docs, doc_id, seed) if fewshot else ():
-            shot = examples.get(i)
-            if shot is None:
-                example = docs.train[i]
-                answer = train_answers[i] if train_answers is not None else target_text(task, example)
-                shot = examples[i] = (doc_to_text(task, example), answer)
-            shots.append(shot)
-        prompt = context(task, doc, shots)
+        shown = []
+        for i in shots_for(docs, doc_id) if fewshot else ():
+            text = examples.get(i)
+            if text is None:
+                shot = docs.train[i]
+                answer = train_answers[i] if train_answers is not None else target_text(task, shot)
+                text = examples[i] = example(task, shot, answer)
+            shown.append(text)
+        prompt = context(task, doc, shown)
         target = doc_to_target(task, doc)
         choices = None
         if output_type == "generate_until":
@@ -156,11 +153,10 @@ def eval_plan(
     task: TaskConfig,
     docs: Documents,
     builder: RequestBuilder,
-    seed: int,
     train_answers: dict[int, str] | None = None,
 ) -> list[DocPlan]:
     """:func:`eval_prompts` with their requests."""
-    return plans_of(eval_prompts(task, docs, seed, train_answers), builder)
+    return plans_of(eval_prompts(task, docs, train_answers), builder)
 
 
 def texts_needed(build: Callable[[Tokenizer], object]) -> list[str]:

@@ -16,17 +16,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from scorer.cache_client import CacheClient
 from scorer.client import GatewayClient
 from scorer.docs import load_docs
-from scorer.errors import BadInput
-from scorer.manifest import Manifest, TaskEntry
-from scorer.prompts import fewshot_indices
-from scorer.replay import cached_responses, cached_tokens, train_answers
-from scorer.requests import ModelSettings, RequestBuilder
+from scorer.errors import BadInput, GatewayUnreachable
+from scorer.manifest import SEQUENTIAL, Manifest, TaskEntry
+from scorer.prompts import draw_shots
+from scorer.replay import cached_responses, cached_tokens, settings_of, train_answers
+from scorer.requests import RequestBuilder
 from scorer.rounds import DocPlan, DocPrompt, Documents, eval_prompts, plans_of, texts_of, train_prompts
 from scorer.store import ResponseReader, RunFolder
 from scorer.tasks import TaskConfig, parse_task
-from scorer.tokenizer import TableTokenizer, prefix_token, special_texts
+from scorer.tokenizer import TableTokenizer, eos_string, prefix_texts, prefix_token
 
 
 @dataclass
@@ -45,6 +46,7 @@ class RunOptions:
     gen_kwargs: dict[str, Any] = field(default_factory=dict)
     seed: int = 1234
     concurrency: int = 8
+    lmeval_mode: str = SEQUENTIAL  # which lm-eval path's stop sequences to match (see scorer.manifest)
 
 
 @dataclass
@@ -52,6 +54,8 @@ class RunReport:
     """What a run sent: distinct requests per task and round."""
 
     sent: dict[str, int] = field(default_factory=dict)
+    offline: str = ""  # why the gateway was not used (then every answer was read from the cache)
+    read: int = 0  # answers read from the cache when offline
 
 
 def _with_fewshot(task: TaskConfig, num: int | None) -> TaskConfig:
@@ -61,27 +65,36 @@ def _with_fewshot(task: TaskConfig, num: int | None) -> TaskConfig:
     return parse_task(raw, f"task {task.name} with --num-fewshot {num}")
 
 
+def fewshot_pool(task: TaskConfig, eval_all: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The documents few-shot examples are drawn from: ``fewshot_config.samples``, else the train split."""
+    samples = task.raw["fewshot"].get("samples")
+    if samples is not None:
+        return list(samples)
+    split = task.raw["train_split"] or task.raw["eval_split"]
+    if split == task.raw["eval_split"]:
+        return eval_all
+    return load_docs(task.raw["dataset"], split, f"task {task.name}")
+
+
 def gather_documents(task: TaskConfig, limit: int | None, seed: int) -> tuple[Documents, int]:
-    """The evaluated documents (first ``limit``), the train examples they use, and the split's size."""
-    where = f"task {task.name}"
-    eval_all = load_docs(task.raw["dataset"], task.raw["eval_split"], where)
+    """The evaluated documents (first ``limit``), the examples each shows, and the split's size."""
+    eval_all = load_docs(task.raw["dataset"], task.raw["eval_split"], f"task {task.name}")
     n_total = len(eval_all)
     chosen = eval_all if limit is None else eval_all[:limit]
-    eval_docs = dict(enumerate(chosen))
     train: dict[int, dict[str, Any]] = {}
+    shots: dict[int, list[int]] = {}
     pool_size = 0
-    train_split = task.raw["train_split"] or task.raw["eval_split"]
-    same = train_split == task.raw["eval_split"]
     if task.num_fewshot > 0:
-        pool = eval_all if same else load_docs(task.raw["dataset"], train_split, where)
+        pool = fewshot_pool(task, eval_all)
         pool_size = len(pool)
-        for doc_id in eval_docs:
-            for i in fewshot_indices(task, doc_id, pool_size, seed, same):
-                train[i] = pool[i]
-    return Documents(eval_docs, train, pool_size, same), n_total
+        shots = dict(enumerate(draw_shots(task, chosen, pool, seed)))
+        train = {i: pool[i] for picked in shots.values() for i in picked}
+    return Documents(dict(enumerate(chosen)), train, pool_size, shots), n_total
 
 
-def _manifest(folder: RunFolder, options: RunOptions, upstream: str, namespace: str) -> Manifest:
+def _manifest(
+    folder: RunFolder, options: RunOptions, upstream: str, namespace: str, eos: str | None
+) -> Manifest:
     fresh = Manifest(
         options.run_id,
         options.model,
@@ -91,21 +104,25 @@ def _manifest(folder: RunFolder, options: RunOptions, upstream: str, namespace: 
         options.limit,
         options.gen_kwargs,
         cache_namespace=namespace,
+        lmeval_mode=options.lmeval_mode,
+        eos_string=eos,
     )
     if not folder.has_manifest():
         return fresh
     old = folder.read_manifest()
-    same = (old.model, old.cache_namespace, old.seed, old.gen_kwargs) == (
+    same = (old.model, old.cache_namespace, old.seed, old.gen_kwargs, old.lmeval_mode) == (
         options.model,
         namespace,
         options.seed,
         options.gen_kwargs,
+        options.lmeval_mode,
     )
     if not same:
         raise BadInput(
             f"run {options.run_id!r} was made with model {old.model}, seed {old.seed}, gen kwargs "
-            f"{old.gen_kwargs}; use another --run-id for other settings"
+            f"{old.gen_kwargs}, --lmeval-mode {old.lmeval_mode}; use another --run-id for other settings"
         )
+    old.eos_string = old.eos_string or eos
     old.gateway, old.limit = options.gateway, options.limit
     return old
 
@@ -116,62 +133,99 @@ async def run(options: RunOptions) -> RunReport:
     tasks = [_with_fewshot(t, options.num_fewshot) for t in options.tasks]
     prepared = [(t, *gather_documents(t, options.limit, options.seed)) for t in tasks]
     report = RunReport()
-    async with GatewayClient(options.gateway, options.run_id, options.concurrency) as client:
-        upstream_model, upstream = await client.model_names(options.model)
-        manifest = _manifest(folder, options, upstream_model, upstream)
-        settings = ModelSettings(options.model, upstream, options.seed, options.gen_kwargs or None)
-        for task, docs, n_total in prepared:
-            manifest.tasks[task.name] = TaskEntry(task.raw, len(docs.eval), n_total, docs.train_pool_size)
-            folder.write_docs(task.name, "eval", docs.eval)
-            folder.write_docs(task.name, "train", docs.train)
-        folder.write_manifest(manifest)
-
-        for task, docs, _ in prepared:
-            table: dict[str, list[int]] = {}
-            prefix = None
-            if task.output_type == "loglikelihood_rolling":
-                info = await client.tokenizer_info(options.model, upstream)
-                table.update(await client.tokenize(options.model, upstream, special_texts(info)))
-                prefix = prefix_token(info, TableTokenizer(table))
-            builder = RequestBuilder(task, settings, TableTokenizer(table), prefix)
-
-            async def planned(
-                prompts: list[DocPrompt],
-                builder: RequestBuilder = builder,
-                table: dict[str, list[int]] = table,
-            ) -> list[DocPlan]:
-                texts = [t for t in texts_of(prompts, builder) if t not in table]
-                if texts:
-                    table.update(await client.tokenize(options.model, upstream, texts))
-                return plans_of(prompts, builder)
-
-            answers = None
-            if task.fewshot_from_model:
-                prompts = train_prompts(task, docs)
-                if options.skip_train:  # the train answers must already be in the cache: read, never send
-                    reader = ResponseReader(options.cache_dir, options.run_id)
-                    try:
-                        table.update(cached_tokens(reader, upstream, task.name, texts_of(prompts, builder)))
-                        train = plans_of(prompts, builder)
-                        responses = cached_responses(reader, train, task.name)
-                    finally:
-                        reader.close()
-                else:
-                    train = await planned(prompts)
-                    responses = await client.send(
-                        (r for p in train for r in p.requests), f"{task.name} train"
-                    )
-                    report.sent[f"{task.name}/train"] = len(responses)
-                    _mark(manifest, "train", task.name)
-                answers = train_answers(train, responses)
-            if options.skip_eval:
-                continue
-            plans = await planned(eval_prompts(task, docs, options.seed, answers))
-            responses = await client.send((r for p in plans for r in p.requests), f"{task.name} eval")
-            report.sent[f"{task.name}/eval"] = len(responses)
-            _mark(manifest, "eval", task.name)
-        folder.write_manifest(manifest)
+    async with GatewayClient(options.gateway, options.run_id, options.concurrency) as live:
+        client: GatewayClient | CacheClient = live
+        try:
+            upstream_model, upstream = await live.model_names(options.model)
+        except GatewayUnreachable as exc:  # everything may be cached already: read it as `scorer score` does
+            manifest = folder.read_manifest() if folder.has_manifest() else None
+            reader = ResponseReader(options.cache_dir, options.run_id)
+            client = CacheClient(reader, manifest, exc)
+            report.offline = str(exc)
+            try:
+                upstream_model, upstream = await client.model_names(options.model)
+                await _rounds(client, options, folder, tasks, prepared, upstream_model, upstream, report)
+            finally:
+                reader.close()
+            report.read = client.read
+            return report
+        await _rounds(client, options, folder, tasks, prepared, upstream_model, upstream, report)
     return report
+
+
+async def _rounds(
+    client: GatewayClient | CacheClient,
+    options: RunOptions,
+    folder: RunFolder,
+    tasks: list[TaskConfig],
+    prepared: list[tuple[TaskConfig, Documents, int]],
+    upstream_model: str,
+    upstream: str,
+    report: RunReport,
+) -> None:
+    """Store the manifest and snapshots, then send (or read) each task's train and eval rounds."""
+    eos = None
+    if options.lmeval_mode == SEQUENTIAL and any(_adds_eos(t) for t in tasks):
+        eos = eos_string(await client.tokenizer_info(options.model, upstream))
+    manifest = _manifest(folder, options, upstream_model, upstream, eos)
+    settings = settings_of(manifest)
+    for task, docs, n_total in prepared:
+        shots = [docs.shots[i] for i in sorted(docs.shots)]
+        entry = TaskEntry(task.raw, len(docs.eval), n_total, docs.train_pool_size, shots)
+        manifest.tasks[task.name] = entry
+        folder.write_docs(task.name, "eval", docs.eval)
+        folder.write_docs(task.name, "train", docs.train)
+    folder.write_manifest(manifest)
+
+    for task, docs, _ in prepared:
+        table: dict[str, list[int]] = {}
+        prefix = None
+        if task.output_type == "loglikelihood_rolling":
+            info = await client.tokenizer_info(options.model, upstream)
+            while texts := prefix_texts(info, table):
+                table.update(await client.tokenize(options.model, upstream, texts))
+            prefix = prefix_token(info, TableTokenizer(table))
+        builder = RequestBuilder(task, settings, TableTokenizer(table), prefix)
+
+        async def planned(
+            prompts: list[DocPrompt],
+            builder: RequestBuilder = builder,
+            table: dict[str, list[int]] = table,
+        ) -> list[DocPlan]:
+            texts = [t for t in texts_of(prompts, builder) if t not in table]
+            if texts:
+                table.update(await client.tokenize(options.model, upstream, texts))
+            return plans_of(prompts, builder)
+
+        answers = None
+        if task.fewshot_from_model:
+            prompts = train_prompts(task, docs)
+            if options.skip_train:  # the train answers must already be in the cache: read, never send
+                reader = ResponseReader(options.cache_dir, options.run_id)
+                try:
+                    table.update(cached_tokens(reader, upstream, task.name, texts_of(prompts, builder)))
+                    train = plans_of(prompts, builder)
+                    responses = cached_responses(reader, train, task.name)
+                finally:
+                    reader.close()
+            else:
+                train = await planned(prompts)
+                responses = await client.send((r for p in train for r in p.requests), f"{task.name} train")
+                report.sent[f"{task.name}/train"] = len(responses)
+                _mark(manifest, "train", task.name)
+            answers = train_answers(train, responses)
+        if options.skip_eval:
+            continue
+        plans = await planned(eval_prompts(task, docs, answers))
+        responses = await client.send((r for p in plans for r in p.requests), f"{task.name} eval")
+        report.sent[f"{task.name}/eval"] = len(responses)
+        _mark(manifest, "eval", task.name)
+    folder.write_manifest(manifest)
+
+
+def _adds_eos(task: TaskConfig) -> bool:
+    """Whether lm-eval's sequential path adds EOS to this task's stop lists (completions generation)."""
+    return task.output_type == "generate_until" and task.raw["api"] == "completions"
 
 
 def _mark(manifest: Manifest, round_name: str, task: str) -> None:

@@ -18,7 +18,7 @@ from scorer.metrics import Sample
 from scorer.metrics.base import PerSample
 from scorer.responses import generations, loglikelihood
 from scorer.rounds import DocPlan
-from scorer.stderr import bootstrap_stderr, mean_stderr
+from scorer.stderr import DEFAULT_BOOTSTRAP_ITERS, bootstrap_iters_for, bootstrap_stderr, mean_stderr
 from scorer.tasks import TaskConfig
 
 NO_FILTER = "none"
@@ -133,7 +133,7 @@ class TaskScorer:
         for key, more in values.items():
             self._values.setdefault(key, []).extend(more)
 
-    def finish(self, bootstrap_iters: int = 1000) -> TaskScores:
+    def finish(self, bootstrap_iters: int = DEFAULT_BOOTSTRAP_ITERS) -> TaskScores:
         """The aggregated metrics (with standard errors) and the rows."""
         scores = TaskScores(self.task, self.n_samples, lines=self.lines)
         for spec in self.task.metrics:
@@ -144,7 +144,8 @@ class TaskScorer:
                 if spec.metric.stderr == "mean":
                     stderr: float | str = mean_stderr(values)
                 elif spec.metric.stderr == "bootstrap":
-                    stderr = bootstrap_stderr(spec.metric.aggregate, values, bootstrap_iters)
+                    iters = bootstrap_iters_for(spec.metric.name, bootstrap_iters)
+                    stderr = bootstrap_stderr(spec.metric.aggregate, values, iters)
                 else:
                     stderr = "N/A"
                 scores.values[(name, filter_name)] = (value, stderr)
@@ -152,7 +153,10 @@ class TaskScorer:
 
 
 def score_task(
-    task: TaskConfig, plans: list[DocPlan], responses: Mapping[str, Any], bootstrap_iters: int = 1000
+    task: TaskConfig,
+    plans: list[DocPlan],
+    responses: Mapping[str, Any],
+    bootstrap_iters: int = DEFAULT_BOOTSTRAP_ITERS,
 ) -> TaskScores:
     """Score every document of ``plans`` with every filter and metric of ``task``.
 

@@ -13,6 +13,16 @@ import random
 from collections.abc import Callable
 from typing import Any
 
+# lm-eval's default resamples, and its cap for metrics slow to recompute (evaluator_utils.py).
+DEFAULT_BOOTSTRAP_ITERS = 100000
+SLOW_METRICS = frozenset({"bleu", "chrf", "chrf++", "ter"})
+SLOW_METRIC_ITERS = 100
+
+
+def bootstrap_iters_for(metric: str, iters: int) -> int:
+    """The resamples lm-eval draws for ``metric`` when asked for ``iters``: at most 100 for bleu/chrf/ter."""
+    return min(iters, SLOW_METRIC_ITERS) if metric in SLOW_METRICS else iters
+
 
 def sample_stddev(values: list[float]) -> float:
     """Standard deviation with Bessel's correction."""

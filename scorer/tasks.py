@@ -78,6 +78,11 @@ _KNOWN = {
     "fewshot_config",
 } | _IGNORED
 _METRIC_KEYS = {"metric", "aggregation", "higher_is_better"}
+# Keys only lm-eval's task format has: their presence means its split rules apply.
+_LMEVAL_ONLY = {"test_split", "validation_split", "training_split", "fewshot_split", "fewshot_config"}
+# fewshot_config keys the scorer acts on (split is folded into train_split).
+_FEWSHOT_CONFIG_KEYS = {"sampler", "split", "samples", "target_delimiter", "fewshot_delimiter"}
+SAMPLERS = ("default", "first_n")
 
 
 @dataclass(frozen=True)
@@ -127,8 +132,15 @@ class TaskConfig:
         return self.raw.get("version", 1.0)
 
 
-def _fold_lmeval_keys(data: dict[str, Any]) -> dict[str, Any]:
-    """Rewrite lm-eval key names into ours (ours win when both are given)."""
+def _fold_lmeval_keys(data: dict[str, Any], where: str) -> dict[str, Any]:
+    """Rewrite lm-eval key names into ours (ours win when both are given).
+
+    The few-shot pool is chosen as lm-eval chooses it: ``fewshot_config.split``,
+    else ``fewshot_split``, else the training split, else the validation split,
+    else the evaluated split; the evaluated document is left out of its own
+    examples only when that explicit few-shot split is the test split (both
+    unset counts as equal, as in lm-eval).
+    """
     data = dict(data)
     if "dataset_path" in data:
         kwargs = data.pop("dataset_kwargs", None) or {}
@@ -137,22 +149,32 @@ def _fold_lmeval_keys(data: dict[str, Any]) -> dict[str, Any]:
             dataset["name"] = data["dataset_name"]
         data.pop("dataset_name", None)
         data.setdefault("dataset", dataset)
+    lmeval = any(k in data for k in _LMEVAL_ONLY)
+    config = data.pop("fewshot_config", None) or {}
+    if not isinstance(config, dict):
+        raise BadInput(f"{where}: fewshot_config must be a mapping")
+    unsupported = sorted(set(config) - _FEWSHOT_CONFIG_KEYS)
+    if unsupported:
+        raise BadInput(f"{where}: fewshot_config.{unsupported[0]} is not supported by the scorer")
+    explicit = config.get("split") or data.get("fewshot_split")
+    test_split = data.get("test_split")
+    pool_split = explicit or data.get("training_split") or data.get("validation_split")
     for theirs in ("test_split", "validation_split"):
         if data.get(theirs) is not None:
             data.setdefault("eval_split", data[theirs])
+    for theirs in ("test_split", "validation_split", "training_split", "fewshot_split"):
         data.pop(theirs, None)
-    for theirs in ("training_split", "fewshot_split"):
-        if data.get(theirs) is not None:
-            data.setdefault("train_split", data[theirs])
-        data.pop(theirs, None)
+    if pool_split is not None:
+        data.setdefault("train_split", pool_split)
     fewshot = dict(data.get("fewshot") or {})
     if "num_fewshot" in data:
-        fewshot.setdefault("num", data.pop("num_fewshot"))
-    if isinstance(data.get("fewshot_config"), dict):
-        config = data.pop("fewshot_config")
-        if config.get("sampler", "default") not in ("default", "random"):
-            raise BadInput(f"fewshot_config.sampler {config['sampler']!r} is not supported (use default)")
-    data.pop("fewshot_config", None)
+        num = data.pop("num_fewshot")
+        fewshot.setdefault("num", 0 if num is None else num)
+    for key in ("sampler", "samples", "target_delimiter", "fewshot_delimiter"):
+        if key in config:
+            fewshot.setdefault(key, config[key])
+    if lmeval:
+        fewshot.setdefault("exclude_eval_doc", explicit == test_split)
     if fewshot:
         data["fewshot"] = fewshot
     return data
@@ -166,7 +188,7 @@ def parse_task(data: Any, where: str, base_dir: Path | None = None, strict: bool
     """
     if not isinstance(data, dict):
         raise BadInput(f"{where}: a task must be a mapping, got {type(data).__name__}")
-    data = _fold_lmeval_keys(data)
+    data = _fold_lmeval_keys(data, where)
     unknown = sorted(set(data) - _KNOWN)
     if unknown and strict:
         raise BadInput(f"{where}: unknown field(s) {', '.join(unknown)}")
@@ -254,17 +276,48 @@ def _resolve(path: Any, base_dir: Path | None) -> str:
 
 
 def _fewshot(value: Any, raw: dict[str, Any], at: str) -> dict[str, Any]:
-    fewshot = {"num": 0, "targets": "gold", **(value or {})}
+    """The few-shot settings: how many, whose targets, which sampler, the pool, the delimiters."""
+    fewshot = {
+        "num": 0,
+        "targets": "gold",
+        "sampler": "default",
+        "exclude_eval_doc": raw["train_split"] in (None, raw["eval_split"]),
+        "target_delimiter": raw["target_delimiter"],
+        "fewshot_delimiter": raw["fewshot_delimiter"],
+        **(value or {}),
+    }
+    for key in ("target_delimiter", "fewshot_delimiter"):  # lm-eval: null inherits the task's
+        if fewshot[key] is None:
+            fewshot[key] = raw[key]
     if not isinstance(fewshot["num"], int) or fewshot["num"] < 0:
         raise BadInput(f"{at}: fewshot.num must be a non-negative integer")
     if fewshot["targets"] not in ("gold", "model"):
         raise BadInput(f"{at}: fewshot.targets must be 'gold' or 'model', got {fewshot['targets']!r}")
     if fewshot["targets"] == "model" and raw["output_type"] != "generate_until":
         raise BadInput(f"{at}: fewshot.targets 'model' needs output_type generate_until")
-    unknown = sorted(set(fewshot) - {"num", "targets"})
+    if fewshot["sampler"] not in SAMPLERS:
+        choices = " or ".join(SAMPLERS)
+        raise BadInput(
+            f"{at}: fewshot_config.sampler {fewshot['sampler']!r} is not supported (use {choices})"
+        )
+    samples = fewshot.get("samples")
+    if samples is not None and not (isinstance(samples, list) and all(isinstance(d, dict) for d in samples)):
+        raise BadInput(f"{at}: fewshot_config.samples must be a list of documents (mappings)")
+    unknown = sorted(set(fewshot) - _FEWSHOT_FIELDS)
     if unknown:
         raise BadInput(f"{at}: unknown fewshot field(s) {', '.join(unknown)}")
     return fewshot
+
+
+_FEWSHOT_FIELDS = {
+    "num",
+    "targets",
+    "sampler",
+    "samples",
+    "exclude_eval_doc",
+    "target_delimiter",
+    "fewshot_delimiter",
+}
 
 
 def _generation_kwargs(value: Any, raw: dict[str, Any], at: str) -> dict[str, Any] | None:
@@ -322,19 +375,59 @@ def _check_regex(pattern: Any, where: str) -> None:
 # -- finding task files --------------------------------------------------------
 
 
-def load_task_file(path: Path) -> TaskConfig:
-    """Read and validate one task YAML file."""
+class _Function(str):
+    """A ``!function module.name`` value of lm-eval's task YAML (a Python helper beside the file)."""
+
+
+class _TaskLoader(yaml.SafeLoader):
+    """YAML as lm-eval reads task files: ``!function`` is kept as a marker, to be refused by key."""
+
+
+_TaskLoader.add_constructor(
+    "!function",
+    lambda loader, node: _Function(loader.construct_scalar(node)),  # type: ignore[arg-type]
+)
+
+
+def _read_yaml(path: Path, depth: int = 0) -> Any:
+    """A task file's mapping with lm-eval's ``include:`` (a path relative to the file) merged under it."""
     try:
         text = path.read_text()
     except OSError as exc:
         raise BadInput(f"{path}: cannot read task file: {exc.strerror}") from exc
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_TaskLoader)  # noqa: S506 - a SafeLoader with one marker tag
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise BadInput(f"{path}:{line} not valid YAML: {problem}") from exc
+    if isinstance(data, dict) and "include" in data:
+        if depth > 8:
+            raise BadInput(f"{path}: include nests too deep (a cycle?)")
+        included = _read_yaml(path.parent / str(data.pop("include")), depth + 1)
+        if not isinstance(included, dict):
+            raise BadInput(f"{path}: include must name a YAML mapping")
+        data = {**included, **data}
+    return data
+
+
+def _refuse_functions(data: Any, where: str) -> None:
+    """One line naming the key of the first ``!function`` value: Python helpers are not run."""
+    if isinstance(data, dict):
+        for key, value in data.items():
+            if isinstance(value, _Function):
+                raise BadInput(f"{where}: {key} is !function {value}: Python helpers are not supported")
+            _refuse_functions(value, where)
+    elif isinstance(data, list):
+        for value in data:
+            _refuse_functions(value, where)
+
+
+def load_task_file(path: Path) -> TaskConfig:
+    """Read and validate one task YAML file (lm-eval's ``include:`` resolved beside it)."""
+    data = _read_yaml(path)
+    _refuse_functions(data, str(path))
     return parse_task(data, str(path), base_dir=path.parent)
 
 

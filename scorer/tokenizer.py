@@ -9,6 +9,7 @@ which texts a round needs before either is asked.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any, Protocol
 
@@ -41,22 +42,44 @@ def tokenizer_info_key(namespace: str) -> str:
     return request_key(TOKENIZER_INFO, namespace, {})
 
 
-def special_texts(info: dict[str, Any]) -> list[str]:
-    """The BOS and EOS token strings of a ``/tokenizer_info`` answer, those it names."""
-    return [t for t in (info.get("bos_token"), info.get("eos_token")) if isinstance(t, str) and t]
+def _special(info: dict[str, Any], name: str) -> str | None:
+    text = info.get(name)
+    return text if isinstance(text, str) and text else None
+
+
+def prefix_texts(info: dict[str, Any], known: Mapping[str, list[int]]) -> list[str]:
+    """The text :func:`prefix_token` must tokenize next, given the ids ``known`` already ([] when none).
+
+    lm-eval evaluates ``bos_token_id or eos_token_id``: EOS is tokenized only
+    when there is no BOS or its id is 0, so a model with a BOS costs one
+    ``/tokenize``, not two. Call until it returns [], tokenizing what it names.
+    """
+    bos, eos = _special(info, "bos_token"), _special(info, "eos_token")
+    if bos is not None:
+        if bos not in known:
+            return [bos]
+        if known[bos][:1] != [0]:
+            return []
+    return [eos] if eos is not None and eos not in known else []
 
 
 def prefix_token(info: dict[str, Any], tokenizer: Tokenizer) -> int | None:
     """What rolling loglikelihood conditions the first token on, as lm-eval's remote tokenizer picks it.
 
     ``bos_token_id or eos_token_id``, each the first id of tokenizing its string
-    (so a BOS id of 0 falls through to EOS, as it does in lm-eval).
+    (so a BOS id of 0 falls through to EOS, as it does in lm-eval); EOS is not
+    tokenized when BOS decides.
     """
-    ids = [
-        tokenizer.encode(t)[0] if isinstance(t, str) and t else None
-        for t in (info.get("bos_token"), info.get("eos_token"))
-    ]
-    return ids[0] or ids[1]
+    bos, eos = _special(info, "bos_token"), _special(info, "eos_token")
+    bos_id = tokenizer.encode(bos)[0] if bos is not None else None
+    if bos_id:
+        return bos_id
+    return tokenizer.encode(eos)[0] if eos is not None else None
+
+
+def eos_string(info: dict[str, Any]) -> str | None:
+    """The EOS string lm-eval's sequential path adds to ``until`` (its remote tokenizer's ``eos_token``)."""
+    return _special(info, "eos_token")
 
 
 class Tokenizer(Protocol):

@@ -1,6 +1,7 @@
 """Run lm-evaluation-harness's local-completions model on local tasks and write what it scored as JSON.
 
-Run as its own process (``python tests/lmeval_runner.py BASE_URL TASK_DIR OUT TASK...``) from TASK_DIR:
+Run as its own process (``python tests/lmeval_runner.py BASE_URL TASK_DIR OUT [--num-concurrent=N] TASK...``)
+from TASK_DIR (N defaults to 8; 1 is lm-eval's default, sequential path):
 Hugging Face datasets resolves a task's relative ``data_files`` against the working directory. It
 uses the Python API with only the local tasks indexed (~1 s) instead of the CLI, which indexes all
 of lm-eval's built-in tasks first (~7 s).
@@ -41,4 +42,8 @@ def run(base_url: str, task_dir: str, tasks: list[str], num_concurrent: int = 8)
 
 if __name__ == "__main__":
     url, directory, out, *names = sys.argv[1:]
-    Path(out).write_text(json.dumps(run(url, directory, names), sort_keys=True, default=str))
+    concurrent = 8
+    if names and names[0].startswith("--num-concurrent="):
+        concurrent = int(names.pop(0).split("=", 1)[1])
+    results = run(url, directory, names, concurrent)
+    Path(out).write_text(json.dumps(results, sort_keys=True, default=str))

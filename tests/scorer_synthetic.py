@@ -51,10 +51,10 @@ def write_run(
     """Store a run of ``task`` on ``docs`` whose model answered ``answer(i, doc)``; returns the requests."""
     folder = RunFolder(cache_dir, run_id)
     settings = ModelSettings(MODEL, MODEL)
-    documents = Documents(dict(enumerate(docs)), {}, 0, True)
+    documents = Documents(dict(enumerate(docs)), {}, 0)
 
     def build(tok: Tokenizer):  # type: ignore[no-untyped-def]
-        return eval_plan(task, documents, RequestBuilder(task, settings, tok), settings.seed)
+        return eval_plan(task, documents, RequestBuilder(task, settings, tok))
 
     texts = texts_needed(build)
     table = {t: [ord(c) % 5000 for c in t] for t in texts}

@@ -29,7 +29,18 @@ async def stoppable(vllm: VLLMServer, tmp_path: Path) -> AsyncIterator[Stoppable
         yield gateway
 
 
-async def lm_eval(gateway: StoppableGateway, run_id: str, tmp_path: Path) -> dict:  # type: ignore[type-arg]
+# Few-shot variants: 3 examples from a train split (default sampler), 2 from the evaluated split
+# itself, and first_n with a description, as lm-eval's MMLU draws them.
+FEWSHOT_TASKS = ["replaygate_arith_3shot", "replaygate_capitals_2shot", "replaygate_capitals_first_n"]
+
+
+async def lm_eval(
+    gateway: StoppableGateway,
+    run_id: str,
+    tmp_path: Path,
+    tasks: list[str] = TASKS,
+    num_concurrent: int = 8,
+) -> dict:  # type: ignore[type-arg]
     out = tmp_path / "lm-eval.json"
     base_url = f"{gateway.url}/runs/{run_id}/v1/completions"
     process = await asyncio.create_subprocess_exec(
@@ -38,7 +49,8 @@ async def lm_eval(gateway: StoppableGateway, run_id: str, tmp_path: Path) -> dic
         base_url,
         str(TASK_DIR),
         str(out),
-        *TASKS,
+        f"--num-concurrent={num_concurrent}",
+        *tasks,
         cwd=TASK_DIR,
         env=offline_env(tmp_path),
         stdout=asyncio.subprocess.PIPE,
@@ -69,6 +81,8 @@ async def test_scorer_and_lm_eval_score_the_same_cached_responses_identically(
         "parity",
         "--cache-dir",
         str(stoppable.cache_dir),
+        "--lmeval-mode",
+        "concurrent",
         "--json",
     )
 
@@ -82,3 +96,44 @@ async def test_scorer_and_lm_eval_score_the_same_cached_responses_identically(
     assert set(mine["replaygate_capitals"]) == {"acc,none", "acc_norm,none"}
     for task in TASKS:
         assert mine[task] == {k: lm[task][k] for k in mine[task]}, task
+
+
+@pytest.mark.parametrize(("mode", "num_concurrent"), [("sequential", 1), ("concurrent", 4)])
+async def test_after_lm_eval_few_shot_scorer_run_sends_nothing_upstream_and_scores_the_same(
+    stoppable: StoppableGateway, tmp_path: Path, mode: str, num_concurrent: int
+) -> None:
+    run_id = f"fewshot-{mode}"
+    theirs = await lm_eval(stoppable, run_id, tmp_path, FEWSHOT_TASKS, num_concurrent)
+    calls = Counter(stoppable.relay.calls)
+    assert calls["/v1/completions"] > 0
+
+    ours = await scorer(
+        "run",
+        ",".join(FEWSHOT_TASKS),
+        "--include-path",
+        str(TASK_DIR),
+        "--model",
+        "smollm2",
+        "--gateway",
+        stoppable.url,
+        "--run-id",
+        run_id,
+        "--cache-dir",
+        str(stoppable.cache_dir),
+        "--lmeval-mode",
+        mode,
+        "--json",
+    )
+
+    assert ours.code == 0, ours.stderr[-3000:]
+    assert Counter(stoppable.relay.calls) == calls, "the scorer reached the upstream: a request differed"
+    mine = values_and_stderrs(json.loads(ours.stdout))
+    lm = values_and_stderrs(theirs)
+    assert "exact_match_stderr,first-number" in mine["replaygate_arith_3shot"]
+    for task in FEWSHOT_TASKS:
+        assert mine[task] == lm[task], task
+
+
+def values_and_stderrs(results: dict) -> dict[str, dict]:  # type: ignore[type-arg]
+    """Each task's ``metric,filter`` values and their ``metric_stderr,filter``."""
+    return {task: {k: v for k, v in e.items() if "," in k} for task, e in results["results"].items()}

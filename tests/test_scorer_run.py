@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -183,3 +184,37 @@ async def test_mmlu_multiple_choice_rescores_from_the_cache_alone(stoppable: Sto
     values = metric_values(read_results(scorer_dir(stoppable, "mc") / "results.json"))
     assert values == metric_values(at_run)
     assert set(values["mmlu"]) == {"acc,none", "acc_norm,none"}
+
+
+async def test_run_with_the_gateway_stopped_reads_everything_from_the_cache_and_says_so(
+    stoppable: StoppableGateway,
+) -> None:
+    args = ["capitals", "--model", "smollm2", "--limit", "3", "--gateway", stoppable.url]
+    args += ["--run-id", "offline", "--cache-dir", str(stoppable.cache_dir), "--json"]
+    first = await scorer("run", *args)
+    assert first.code == 0, first.stderr[-3000:]
+    await stoppable.stop()
+
+    again = await scorer("run", *args)
+
+    assert again.code == 0, again.stderr[-3000:]
+    assert "unreachable" in again.stderr and "sent nothing" in again.stderr
+    assert metric_values(json.loads(again.stdout)) == metric_values(json.loads(first.stdout))
+
+
+async def test_a_cache_miss_with_the_gateway_stopped_is_one_line_counting_the_missing(
+    stoppable: StoppableGateway,
+) -> None:
+    args = ["capitals", "--model", "smollm2", "--gateway", stoppable.url, "--run-id", "offline-miss"]
+    args += ["--cache-dir", str(stoppable.cache_dir)]
+    first = await scorer("run", *args, "--limit", "2")
+    assert first.code == 0, first.stderr[-3000:]
+    await stoppable.stop()
+
+    more = await scorer("run", *args, "--limit", "3")  # the third document was never asked
+
+    assert more.code == 1
+    lines = more.stderr.strip().splitlines()
+    assert len(lines) == 1, more.stderr
+    assert "missing from the cache" in lines[0] and "unreachable" in lines[0]
+    assert re.search(r": \d+ response\(s\) missing", lines[0])
