@@ -17,6 +17,7 @@ from cache.records import RecordWriter
 from gateway.auth import Grant, KeyRing
 from gateway.config import GatewayConfig
 from gateway.dashboard import Dashboard
+from gateway.endpoints import COMPLETION_ENDPOINTS, TOKENIZER_ENDPOINTS
 from gateway.errors import GatewayError
 from gateway.handlers import Handlers
 from gateway.launcher import LaunchedUpstream
@@ -32,8 +33,6 @@ log = logging.getLogger("gateway")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-COMPLETION_ENDPOINTS = ("/v1/completions", "/v1/chat/completions")
-TOKENIZER_ENDPOINTS = {"/tokenizer_info": "GET", "/tokenize": "POST", "/detokenize": "POST"}
 PIPELINE = web.AppKey("pipeline", Pipeline)
 METRICS = web.AppKey("metrics", Metrics)
 

@@ -150,7 +150,8 @@ iframe { width: 100%; height: 1250px; border: 1px solid #ddd; border-radius: 6px
 SCRIPT_HELPERS = """
 const fmt = (v, d) => v === null || v === undefined ? '-' :
   (typeof v === 'number' ? v.toLocaleString('en-US', {maximumFractionDigits: d ?? 3}) : String(v));
-const usd = v => '$' + (v || 0).toLocaleString('en-US', {minimumFractionDigits: 6, maximumFractionDigits: 6});
+// A free (local) model's cost is no figure at all, not $0.000000.
+const usd = (v, free) => free ? '—' : '$' + (v || 0).toLocaleString('en-US', {maximumSignificantDigits: 3});
 const ENTITIES = {'&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;'};
 const esc = s => String(s).replace(/[&<>"]/g, c => ENTITIES[c]);
 const when = ts => ts ? new Date(ts * 1000).toISOString().replace('T', ' ').slice(0, 19) + ' UTC' : '-';
@@ -172,8 +173,9 @@ async function refresh() {{
     document.querySelector('#runs tbody').innerHTML = data.runs.map(r => `<tr data-run="${{esc(r.run_id)}}">
       <td><a href="/ui/runs/${{encodeURIComponent(r.run_id)}}">${{esc(r.run_id)}}</a></td>
       <td class="requests">${{fmt(r.requests)}}</td><td>${{fmt(r.hit_ratio * 100, 1)}}%</td>
-      <td>${{fmt(r.tokens_in)}}</td><td>${{fmt(r.tokens_out)}}</td><td>${{usd(r.cost_usd)}}</td>
-      <td>${{usd(r.cost_saved_usd)}}</td><td>${{fmt(Object.values(r.errors).reduce((a, b) => a + b, 0))}}</td>
+      <td>${{fmt(r.tokens_in)}}</td><td>${{fmt(r.tokens_out)}}</td><td>${{usd(r.cost_usd, r.free)}}</td>
+      <td>${{usd(r.cost_saved_usd, r.free)}}</td>
+      <td>${{fmt(Object.values(r.errors).reduce((a, b) => a + b, 0))}}</td>
       <td>${{fmt(r.bytes / 1e6)}}</td><td>${{when(r.first_ts)}}</td>
       <td>${{when(r.last_ts)}}</td></tr>`).join('')
       || '<tr><td colspan="11">no runs yet</td></tr>';
@@ -208,8 +210,11 @@ async function refresh() {{
       ['requests', fmt(r.requests)], ['hits', fmt(r.served.hit)], ['coalesced', fmt(r.served.coalesced)],
       ['misses', fmt(r.served.miss)], ['batched', fmt(r.served.batched)],
       ['hit ratio', fmt(r.hit_ratio * 100, 1) + '%'], ['tokens in', fmt(r.tokens_in)],
-      ['tokens out', fmt(r.tokens_out)], ['cost', usd(r.cost_usd)], ['saved', usd(r.cost_saved_usd)],
-      ['errors', fmt(errors)], ['p50 ms', fmt(r.latency_ms.p50)], ['p95 ms', fmt(r.latency_ms.p95)],
+      ['tokens out', fmt(r.tokens_out)], ['cost', usd(r.cost_usd, r.free)],
+      ['saved', usd(r.cost_saved_usd, r.free)],
+      ['errors', fmt(errors)], ['cached p50 ms', fmt(r.latency_ms.cached.p50)],
+      ['upstream p50 ms', fmt(r.latency_ms.upstream.p50)],
+      ['upstream p95 ms', fmt(r.latency_ms.upstream.p95)],
       ['req/s', fmt(r.throughput_rps, 2)], ['last answer', when(r.last_ts)],
     ];
     document.getElementById('counters').innerHTML = cards.map(([k, v]) =>
