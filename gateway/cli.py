@@ -174,6 +174,52 @@ def report(run_id: str, fmt: str, by: str, output: Path | None, cache_dir: Path)
         click.echo(f"wrote {output}", err=True)
 
 
+@main.command("log")
+@click.argument("run_id")
+@click.option("--served", multiple=True, help="hit, miss, coalesced or batched (repeatable).")
+@click.option("--status", multiple=True, help="503, 5xx, ok, error, or an error code (repeatable).")
+@click.option("--model", multiple=True, help="A model name as the client asked for it (repeatable).")
+@click.option("--task", multiple=True, help="A task (X-Task or metadata.task; - for none; repeatable).")
+@click.option("--grep", default=None, help="Case-insensitive text of the prompt or the answer.")
+@click.option(
+    "--format", "fmt", type=click.Choice(["table", "json", "jsonl"]), default="table", show_default=True
+)
+@click.option("--limit", type=int, default=None, help="At most this many records.")
+@CACHE_DIR
+def log_command(
+    run_id: str,
+    served: tuple[str, ...],
+    status: tuple[str, ...],
+    model: tuple[str, ...],
+    task: tuple[str, ...],
+    grep: str | None,
+    fmt: str,
+    limit: int | None,
+    cache_dir: Path,
+) -> None:
+    """RUN_ID's requests, newest first, streamed (jsonl: the records exactly as stored)."""
+    import itertools
+
+    from cache.runs import BadRunId
+    from gateway.report import UnknownRun
+    from gateway.report.log import LogFilter, RunLog
+    from gateway.report.log_output import lines
+
+    try:
+        log = RunLog(cache_dir, run_id)
+    except (BadRunId, UnknownRun) as exc:
+        click.echo(f"gateway log: {exc}", err=True)
+        sys.exit(2)
+    entries = log.entries(LogFilter(served, status, model, task, grep))
+    if limit is not None:
+        entries = itertools.islice(entries, limit)
+    try:
+        for line in lines(log, entries, fmt):  # type: ignore[arg-type]
+            click.echo(line)
+    except BrokenPipeError:  # `gateway log RUN | head`: the reader has seen enough
+        sys.stderr.close()
+
+
 @main.command()
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @CACHE_DIR
