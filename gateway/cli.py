@@ -221,6 +221,38 @@ def log_command(
 
 
 @main.command()
+@click.argument("run_a")
+@click.argument("run_b")
+@click.option(
+    "--match",
+    type=click.Choice(["key", "request"]),
+    default="key",
+    show_default=True,
+    help="key: same request to the same deployment; request: same request, whatever the model.",
+)
+@click.option("--examples", type=int, default=20, show_default=True, help="Differing answers to show.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@CACHE_DIR
+def diff(run_a: str, run_b: str, match: str, examples: int, fmt: str, cache_dir: Path) -> None:
+    """Compare RUN_A with RUN_B: requests in both, only in one, differing answers, totals side by side."""
+    import orjson
+
+    from cache.runs import BadRunId
+    from gateway.report import UnknownRun
+    from gateway.report.diff import diff_runs, to_text
+
+    try:
+        result = diff_runs(cache_dir, run_a, run_b, match, examples)  # type: ignore[arg-type]
+    except (BadRunId, UnknownRun) as exc:
+        click.echo(f"gateway diff: {exc}", err=True)
+        sys.exit(2)
+    if fmt == "json":
+        click.echo(orjson.dumps(result.as_dict(), option=orjson.OPT_INDENT_2).decode())
+    else:
+        click.echo(to_text(result))
+
+
+@main.command()
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @CACHE_DIR
 def runs(fmt: str, cache_dir: Path) -> None:
