@@ -138,6 +138,30 @@ def rebuild(cache_dir: Path) -> None:
     click.echo(f"rebuilt index from {report.describe()}: {written} entries")
 
 
+@cache.command("explain")
+@click.argument("run_id")
+@click.argument("key")
+@click.option("--nearest", type=int, default=3, show_default=True, help="Stored requests to compare with.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@CACHE_DIR
+def explain_command(run_id: str, key: str, nearest: int, fmt: str, cache_dir: Path) -> None:
+    """Why KEY of RUN_ID missed: the nearest stored requests of its endpoint and model, and what differs."""
+    import orjson
+
+    from cache.explain import NoSuchRequest, explain, to_text
+    from cache.runs import BadRunId
+
+    try:
+        explanation = explain(cache_dir, run_id, key, nearest)
+    except (BadRunId, NoSuchRequest) as exc:
+        click.echo(f"gateway cache explain: {exc}", err=True)
+        sys.exit(2)
+    if fmt == "json":
+        click.echo(orjson.dumps(explanation.as_dict(), option=orjson.OPT_INDENT_2).decode())
+    else:
+        click.echo(to_text(explanation))
+
+
 @main.command()
 @click.argument("run_id")
 @click.option(
