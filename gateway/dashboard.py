@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 from aiohttp import web
@@ -23,6 +24,7 @@ from cache.records import shard_paths
 from cache.runs import BadRunId, check_run_id, list_runs, run_dir
 from gateway.errors import GatewayError, bad_request
 from gateway.report.aggregate import Group, UnknownRun, build_report
+from gateway.request_pages import RequestPages
 
 JSON = "application/json"
 
@@ -79,6 +81,7 @@ class Dashboard:
         router.add_get("/ui/api/runs/{run_id}", self.api_run)
         router.add_get("/ui/runs/{run_id}", self.run_page)
         router.add_get("/ui/runs/{run_id}/report", self.report)
+        RequestPages(self.cache_dir).add_routes(router)
 
     async def live(self, run_id: str) -> LiveRun:
         """``run_id``'s counters, caught up with its shards."""
@@ -113,7 +116,7 @@ class Dashboard:
         """``GET /ui/runs/{run_id}``: live counters above the run's report."""
         run_id = request.match_info["run_id"]
         await self.live(run_id)  # 400 / 404 before any page
-        page = RUN_PAGE.replace("__RUN_ID__", escape(run_id))
+        page = RUN_PAGE.replace("__RUN_URL__", quote(run_id, safe="")).replace("__RUN_ID__", escape(run_id))
         page = page.replace("__RUN_JSON__", orjson.dumps(run_id).decode())
         return web.Response(text=page, content_type="text/html")
 
@@ -161,6 +164,7 @@ INDEX_PAGE = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>replaygate runs</title><style>{STYLE}</style></head>
 <body>
 <h1>replaygate runs</h1>
+<div class="meta"><a href="/ui/compare">compare two runs</a></div>
 <div class="meta"><span class="live"></span> refreshed every 2 s · <span id="updated">loading…</span></div>
 <table id="runs"><thead><tr><th>run</th><th>requests</th><th>hit ratio</th><th>tokens in</th>
 <th>tokens out</th><th>cost (USD)</th><th>saved (USD)</th><th>errors</th><th>MB</th>
@@ -194,6 +198,8 @@ RUN_PAGE = f"""<!doctype html>
 <h1>Run <span id="run-id">__RUN_ID__</span></h1>
 <div class="meta"><span class="live"></span> live counters, refreshed every 2 s ·
 <span id="updated">loading…</span></div>
+<div class="meta"><a id="request-log" href="/ui/runs/__RUN_URL__/requests">request log</a> ·
+errors: <span id="errors">none</span></div>
 <div class="cards" id="counters"></div>
 <div class="meta">Report as of page load ·
 <a href="/ui/runs/__RUN_ID__/report" target="_blank">open on its own</a> ·
@@ -217,6 +223,10 @@ async function refresh() {{
       ['upstream p95 ms', fmt(r.latency_ms.upstream.p95)],
       ['req/s', fmt(r.throughput_rps, 2)], ['last answer', when(r.last_ts)],
     ];
+    const log = '/ui/runs/' + encodeURIComponent(RUN) + '/requests?status=';
+    document.getElementById('errors').innerHTML = Object.entries(r.errors).map(([code, n]) =>
+      `<a class="error-link" href="${{esc(log + encodeURIComponent(code))}}">${{esc(code)}}: ${{fmt(n)}}</a>`
+    ).join(' · ') || 'none';
     document.getElementById('counters').innerHTML = cards.map(([k, v]) =>
       `<div class="card" data-key="${{esc(k)}}"><div class="v">${{esc(v)}}</div>` +
       `<div class="k">${{esc(k)}}</div></div>`
