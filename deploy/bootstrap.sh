@@ -77,7 +77,7 @@ vllm_venv() {
   # process. Add the gateway's own dependencies (pyproject's, less litellm and
   # the scorer's) that vLLM lacks, pinned to what vLLM already installed so
   # none of its pins move. A gateway dependency missing here fails the import check.
-  local gateway_deps="aiohttp click diskcache orjson prometheus-client pyyaml tenacity ddsketch plotly jsonschema-rs"
+  local gateway_deps="aiohttp click diskcache orjson prometheus-client pyyaml tenacity ddsketch jsonschema-rs pydantic"
   gateway_deps+=" python-json-logger"
   if [ "$(cat "$venv/.gateway-deps" 2>/dev/null)" != "$gateway_deps" ]; then
     log "adding the gateway's dependencies to $venv"

@@ -147,6 +147,30 @@ def rebuild(cache_dir: Path) -> None:
     click.echo(f"rebuilt index from {report.describe()}: {written} entries")
 
 
+@cache.command("explain")
+@click.argument("run_id")
+@click.argument("key")
+@click.option("--nearest", type=int, default=3, show_default=True, help="Stored requests to compare with.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@CACHE_DIR
+def explain_command(run_id: str, key: str, nearest: int, fmt: str, cache_dir: Path) -> None:
+    """Why KEY of RUN_ID missed: the nearest stored requests of its endpoint and model, and what differs."""
+    import orjson
+
+    from cache.explain import NoSuchRequest, explain, to_text
+    from cache.runs import BadRunId
+
+    try:
+        explanation = explain(cache_dir, run_id, key, nearest)
+    except (BadRunId, NoSuchRequest) as exc:
+        click.echo(f"gateway cache explain: {exc}", err=True)
+        sys.exit(2)
+    if fmt == "json":
+        click.echo(orjson.dumps(explanation.as_dict(), option=orjson.OPT_INDENT_2).decode())
+    else:
+        click.echo(to_text(explanation))
+
+
 @main.command()
 @click.argument("run_id")
 @click.option(
@@ -181,6 +205,84 @@ def report(run_id: str, fmt: str, by: str, output: Path | None, cache_dir: Path)
     else:
         output.write_text(text)
         click.echo(f"wrote {output}", err=True)
+
+
+@main.command("log")
+@click.argument("run_id")
+@click.option("--served", multiple=True, help="hit, miss, coalesced or batched (repeatable).")
+@click.option("--status", multiple=True, help="503, 5xx, ok, error, or an error code (repeatable).")
+@click.option("--model", multiple=True, help="A model name as the client asked for it (repeatable).")
+@click.option("--task", multiple=True, help="A task (X-Task or metadata.task; - for none; repeatable).")
+@click.option("--grep", default=None, help="Case-insensitive text of the prompt or the answer.")
+@click.option(
+    "--format", "fmt", type=click.Choice(["table", "json", "jsonl"]), default="table", show_default=True
+)
+@click.option("--limit", type=int, default=None, help="At most this many records.")
+@CACHE_DIR
+def log_command(
+    run_id: str,
+    served: tuple[str, ...],
+    status: tuple[str, ...],
+    model: tuple[str, ...],
+    task: tuple[str, ...],
+    grep: str | None,
+    fmt: str,
+    limit: int | None,
+    cache_dir: Path,
+) -> None:
+    """RUN_ID's requests, newest first, streamed (jsonl: the records exactly as stored)."""
+    import itertools
+
+    from cache.runs import BadRunId
+    from gateway.report import UnknownRun
+    from gateway.report.log import LogFilter, RunLog
+    from gateway.report.log_output import lines
+
+    try:
+        log = RunLog(cache_dir, run_id)
+    except (BadRunId, UnknownRun) as exc:
+        click.echo(f"gateway log: {exc}", err=True)
+        sys.exit(2)
+    entries = log.entries(LogFilter(served, status, model, task, grep))
+    if limit is not None:
+        entries = itertools.islice(entries, limit)
+    try:
+        for line in lines(log, entries, fmt):  # type: ignore[arg-type]
+            click.echo(line)
+    except BrokenPipeError:  # `gateway log RUN | head`: the reader has seen enough
+        sys.stderr.close()
+
+
+@main.command()
+@click.argument("run_a")
+@click.argument("run_b")
+@click.option(
+    "--match",
+    type=click.Choice(["key", "request"]),
+    default="key",
+    show_default=True,
+    help="key: same request to the same deployment; request: same request, whatever the model.",
+)
+@click.option("--examples", type=int, default=20, show_default=True, help="Differing answers to show.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@CACHE_DIR
+def diff(run_a: str, run_b: str, match: str, examples: int, fmt: str, cache_dir: Path) -> None:
+    """Compare RUN_A with RUN_B: requests in both, only in one, differing answers, totals side by side."""
+    import orjson
+
+    from cache.runs import BadRunId
+    from gateway.report import UnknownRun
+    from gateway.report.diff import diff_runs, to_text
+
+    try:
+        result = diff_runs(cache_dir, run_a, run_b, match, examples)  # type: ignore[arg-type]
+    except (BadRunId, UnknownRun) as exc:
+        click.echo(f"gateway diff: {exc}", err=True)
+        sys.exit(2)
+    if fmt == "json":
+        click.echo(orjson.dumps(result.as_dict(), option=orjson.OPT_INDENT_2).decode())
+    else:
+        click.echo(to_text(result))
 
 
 @main.command()

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 from aiohttp import web
@@ -23,6 +24,7 @@ from cache.records import shard_paths
 from cache.runs import BadRunId, check_run_id, list_runs, run_dir
 from gateway.errors import GatewayError, bad_request
 from gateway.report.aggregate import Group, UnknownRun, build_report
+from gateway.request_pages import RequestPages
 
 JSON = "application/json"
 
@@ -79,6 +81,7 @@ class Dashboard:
         router.add_get("/ui/api/runs/{run_id}", self.api_run)
         router.add_get("/ui/runs/{run_id}", self.run_page)
         router.add_get("/ui/runs/{run_id}/report", self.report)
+        RequestPages(self.cache_dir).add_routes(router)
 
     async def live(self, run_id: str) -> LiveRun:
         """``run_id``'s counters, caught up with its shards."""
@@ -113,7 +116,7 @@ class Dashboard:
         """``GET /ui/runs/{run_id}``: live counters above the run's report."""
         run_id = request.match_info["run_id"]
         await self.live(run_id)  # 400 / 404 before any page
-        page = RUN_PAGE.replace("__RUN_ID__", escape(run_id))
+        page = RUN_PAGE.replace("__RUN_URL__", quote(run_id, safe="")).replace("__RUN_ID__", escape(run_id))
         page = page.replace("__RUN_JSON__", orjson.dumps(run_id).decode())
         return web.Response(text=page, content_type="text/html")
 
@@ -150,7 +153,8 @@ iframe { width: 100%; height: 1250px; border: 1px solid #ddd; border-radius: 6px
 SCRIPT_HELPERS = """
 const fmt = (v, d) => v === null || v === undefined ? '-' :
   (typeof v === 'number' ? v.toLocaleString('en-US', {maximumFractionDigits: d ?? 3}) : String(v));
-const usd = v => '$' + (v || 0).toLocaleString('en-US', {minimumFractionDigits: 6, maximumFractionDigits: 6});
+// A free (local) model's cost is no figure at all, not $0.000000.
+const usd = (v, free) => free ? '—' : '$' + (v || 0).toLocaleString('en-US', {maximumSignificantDigits: 3});
 const ENTITIES = {'&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;'};
 const esc = s => String(s).replace(/[&<>"]/g, c => ENTITIES[c]);
 const when = ts => ts ? new Date(ts * 1000).toISOString().replace('T', ' ').slice(0, 19) + ' UTC' : '-';
@@ -160,6 +164,7 @@ INDEX_PAGE = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>replaygate runs</title><style>{STYLE}</style></head>
 <body>
 <h1>replaygate runs</h1>
+<div class="meta"><a href="/ui/compare">compare two runs</a></div>
 <div class="meta"><span class="live"></span> refreshed every 2 s · <span id="updated">loading…</span></div>
 <table id="runs"><thead><tr><th>run</th><th>requests</th><th>hit ratio</th><th>tokens in</th>
 <th>tokens out</th><th>cost (USD)</th><th>saved (USD)</th><th>errors</th><th>MB</th>
@@ -172,8 +177,9 @@ async function refresh() {{
     document.querySelector('#runs tbody').innerHTML = data.runs.map(r => `<tr data-run="${{esc(r.run_id)}}">
       <td><a href="/ui/runs/${{encodeURIComponent(r.run_id)}}">${{esc(r.run_id)}}</a></td>
       <td class="requests">${{fmt(r.requests)}}</td><td>${{fmt(r.hit_ratio * 100, 1)}}%</td>
-      <td>${{fmt(r.tokens_in)}}</td><td>${{fmt(r.tokens_out)}}</td><td>${{usd(r.cost_usd)}}</td>
-      <td>${{usd(r.cost_saved_usd)}}</td><td>${{fmt(Object.values(r.errors).reduce((a, b) => a + b, 0))}}</td>
+      <td>${{fmt(r.tokens_in)}}</td><td>${{fmt(r.tokens_out)}}</td><td>${{usd(r.cost_usd, r.free)}}</td>
+      <td>${{usd(r.cost_saved_usd, r.free)}}</td>
+      <td>${{fmt(Object.values(r.errors).reduce((a, b) => a + b, 0))}}</td>
       <td>${{fmt(r.bytes / 1e6)}}</td><td>${{when(r.first_ts)}}</td>
       <td>${{when(r.last_ts)}}</td></tr>`).join('')
       || '<tr><td colspan="11">no runs yet</td></tr>';
@@ -192,6 +198,8 @@ RUN_PAGE = f"""<!doctype html>
 <h1>Run <span id="run-id">__RUN_ID__</span></h1>
 <div class="meta"><span class="live"></span> live counters, refreshed every 2 s ·
 <span id="updated">loading…</span></div>
+<div class="meta"><a id="request-log" href="/ui/runs/__RUN_URL__/requests">request log</a> ·
+errors: <span id="errors">none</span></div>
 <div class="cards" id="counters"></div>
 <div class="meta">Report as of page load ·
 <a href="/ui/runs/__RUN_ID__/report" target="_blank">open on its own</a> ·
@@ -208,10 +216,17 @@ async function refresh() {{
       ['requests', fmt(r.requests)], ['hits', fmt(r.served.hit)], ['coalesced', fmt(r.served.coalesced)],
       ['misses', fmt(r.served.miss)], ['batched', fmt(r.served.batched)],
       ['hit ratio', fmt(r.hit_ratio * 100, 1) + '%'], ['tokens in', fmt(r.tokens_in)],
-      ['tokens out', fmt(r.tokens_out)], ['cost', usd(r.cost_usd)], ['saved', usd(r.cost_saved_usd)],
-      ['errors', fmt(errors)], ['p50 ms', fmt(r.latency_ms.p50)], ['p95 ms', fmt(r.latency_ms.p95)],
+      ['tokens out', fmt(r.tokens_out)], ['cost', usd(r.cost_usd, r.free)],
+      ['saved', usd(r.cost_saved_usd, r.free)],
+      ['errors', fmt(errors)], ['cached p50 ms', fmt(r.latency_ms.cached.p50)],
+      ['upstream p50 ms', fmt(r.latency_ms.upstream.p50)],
+      ['upstream p95 ms', fmt(r.latency_ms.upstream.p95)],
       ['req/s', fmt(r.throughput_rps, 2)], ['last answer', when(r.last_ts)],
     ];
+    const log = '/ui/runs/' + encodeURIComponent(RUN) + '/requests?status=';
+    document.getElementById('errors').innerHTML = Object.entries(r.errors).map(([code, n]) =>
+      `<a class="error-link" href="${{esc(log + encodeURIComponent(code))}}">${{esc(code)}}: ${{fmt(n)}}</a>`
+    ).join(' · ') || 'none';
     document.getElementById('counters').innerHTML = cards.map(([k, v]) =>
       `<div class="card" data-key="${{esc(k)}}"><div class="v">${{esc(v)}}</div>` +
       `<div class="k">${{esc(k)}}</div></div>`

@@ -74,7 +74,7 @@ async def test_the_dashboard_and_its_report_render_in_chromium(gateway: RunningG
     await asyncio.to_thread(screenshot, f"{gateway.url}/ui/runs/{RUN}", "dashboard-run")
 
     report = await asyncio.to_thread(dump_dom, f"{gateway.url}/ui/runs/{RUN}/report")
-    for chart in ("chart-timeline", "chart-latency", "chart-cost", "chart-served"):
+    for chart in ("chart-timeline", "chart-tokens", "chart-latency", "chart-cost", "chart-served"):
         assert f'id="{chart}"' in report
-    assert report.count('class="main-svg"') >= 8
+    assert report.count('<svg class="chart"') == 5
     assert '<span id="run-id">dash-run</span>' in report

@@ -31,7 +31,7 @@ __all__ = [
 def render(report: RunReport, fmt: Format) -> str:
     """``report`` in format ``fmt``."""
     if fmt == "html":
-        from gateway.report.html import render_html  # plotly is only imported when asked for
+        from gateway.report.html import render_html
 
         return render_html(report)
     renderers: dict[str, Callable[[RunReport], str]] = {"table": to_table, "json": to_json, "csv": to_csv}

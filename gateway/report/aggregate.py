@@ -1,9 +1,13 @@
 """One pass over a run's records into per-group figures, in memory bounded by the groups, not the records.
 
-Counts, tokens and costs are exact sums. Latency percentiles come from a
-DDSketch per group (1% relative accuracy, a few kB however many records), the
-same sketch Datadog uses for this; the charts' time series are per minute,
-and the latency distribution is a fixed log-bucket histogram.
+Counts, tokens and costs are exact sums. Latencies are reported apart for
+answers from the cache (hit, coalesced) and from upstream (miss, batched):
+one percentile over both describes neither. Percentiles are exact on groups
+small enough to keep every value and come from a bounded sketch past that
+(:mod:`gateway.report.quantiles`). Tokenizer calls are counted apart from
+completions and kept out of their served counts, hit ratio and latencies. The
+charts' time series are per minute, and the latency distribution is a fixed
+log-bucket histogram.
 """
 
 from __future__ import annotations
@@ -15,15 +19,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from ddsketch import DDSketch
-
 from cache.records import ReadReport, read_records, shard_paths
 from cache.runs import run_dir
+from gateway.endpoints import TOKENIZER_ENDPOINTS
+from gateway.report.quantiles import Latencies
 
 GroupBy = Literal["model", "task", "hour"]
 SERVED = ("miss", "hit", "coalesced", "batched")
+CACHED = frozenset({"hit", "coalesced"})
 NO_TASK = "-"
-RELATIVE_ACCURACY = 0.01
 # Latency histogram edges for the charts: 10 per decade from 10 µs to ~17 minutes.
 LATENCY_EDGES_MS = tuple(10 ** (k / 10) for k in range(-20, 61))
 
@@ -38,6 +42,7 @@ class Group:
 
     name: str
     requests: int = 0
+    tokenizer_calls: int = 0
     served: dict[str, int] = field(default_factory=dict)
     status: dict[str, int] = field(default_factory=dict)
     errors: dict[str, int] = field(default_factory=dict)
@@ -50,13 +55,18 @@ class Group:
     attempts: int = 0
     first_ts: float = math.inf
     last_ts: float = -math.inf
-    latency: DDSketch = field(default_factory=lambda: DDSketch(relative_accuracy=RELATIVE_ACCURACY))
+    cached_latency: Latencies = field(default_factory=Latencies)
+    upstream_latency: Latencies = field(default_factory=Latencies)
 
     def add(self, record: Mapping[str, Any]) -> None:
         """Fold one record in."""
         self.requests += 1
         served = record.get("served") or "?"
-        self.served[served] = self.served.get(served, 0) + 1
+        tokenizer = record.get("endpoint") in TOKENIZER_ENDPOINTS
+        if tokenizer:
+            self.tokenizer_calls += 1
+        else:
+            self.served[served] = self.served.get(served, 0) + 1
         status_class = f"{int(record.get('status') or 0) // 100}xx"
         self.status[status_class] = self.status.get(status_class, 0) + 1
         error = record.get("error")
@@ -80,33 +90,43 @@ class Group:
             self.first_ts = min(self.first_ts, ts)
             self.last_ts = max(self.last_ts, record.get("ts_end") or ts)
         latency = record.get("latency_ms")
-        if isinstance(latency, int | float) and latency >= 0:
-            self.latency.add(latency)
+        if not tokenizer and isinstance(latency, int | float) and latency >= 0:
+            (self.cached_latency if served in CACHED else self.upstream_latency).add(latency)
+
+    @property
+    def completions(self) -> int:
+        """Requests other than tokenizer calls."""
+        return self.requests - self.tokenizer_calls
 
     @property
     def hit_ratio(self) -> float:
-        """Share of requests answered without an upstream call of their own (hit or coalesced)."""
+        """Share of completions answered without an upstream call of their own (hit or coalesced)."""
         saved = self.served.get("hit", 0) + self.served.get("coalesced", 0)
-        return saved / self.requests if self.requests else 0.0
+        return saved / self.completions if self.completions else 0.0
+
+    @property
+    def free(self) -> bool:
+        """Nothing cost or saved anything, and no answer lacked a price: a free (local) model."""
+        return self.cost_usd == 0 and self.cost_saved_usd == 0 and self.unpriced == 0
 
     @property
     def span_s(self) -> float:
         """Seconds from the first request's start to the last answer."""
         return max(0.0, self.last_ts - self.first_ts) if self.requests else 0.0
 
-    def percentile_ms(self, q: float) -> float | None:
-        """The latency at quantile ``q`` (0..1), within 1%; None without records."""
-        if self.latency.count == 0:
-            return None
-        value = self.latency.get_quantile_value(q)
-        return None if value is None else round(value, 3)
+    @property
+    def throughput_rps(self) -> float | None:
+        """Requests per second over the span; None for fewer than two requests (one has no rate)."""
+        span = self.span_s
+        return round(self.requests / span, 6) if self.requests >= 2 and span > 0 else None
 
     def as_dict(self) -> dict[str, Any]:
         """The group as plain JSON-able values."""
-        span = self.span_s
         return {
             "name": self.name,
             "requests": self.requests,
+            "completions": self.completions,
+            "tokenizer_calls": self.tokenizer_calls,
             "served": {k: self.served.get(k, 0) for k in SERVED} | self._other_served(),
             "hit_ratio": round(self.hit_ratio, 6),
             "status": dict(sorted(self.status.items())),
@@ -116,17 +136,17 @@ class Group:
             "usage_counted": self.usage_counted,
             "cost_usd": round(self.cost_usd, 9),
             "cost_saved_usd": round(self.cost_saved_usd, 9),
+            "free": self.free,
             "unpriced": self.unpriced,
             "attempts": self.attempts,
             "latency_ms": {
-                "p50": self.percentile_ms(0.50),
-                "p95": self.percentile_ms(0.95),
-                "p99": self.percentile_ms(0.99),
+                "cached": self.cached_latency.summary(),
+                "upstream": self.upstream_latency.summary(),
             },
             "first_ts": self.first_ts if self.requests else None,
             "last_ts": self.last_ts if self.requests else None,
-            "span_s": round(span, 3),
-            "throughput_rps": round(self.requests / span, 6) if span > 0 else None,
+            "span_s": round(self.span_s, 3),
+            "throughput_rps": self.throughput_rps,
         }
 
     def _other_served(self) -> dict[str, int]:
@@ -149,7 +169,7 @@ class Timeline:
         if isinstance(usage, dict):
             row[1] += usage.get("prompt_tokens") or 0
             row[2] += usage.get("completion_tokens") or 0
-        if record.get("served") in ("hit", "coalesced"):
+        if record.get("served") in CACHED:
             row[3] += 1
         else:
             row[4] += 1
@@ -164,10 +184,14 @@ class LatencyHistogram:
 
     def add(self, record: Mapping[str, Any]) -> None:
         latency = record.get("latency_ms")
-        if not isinstance(latency, int | float) or latency <= 0:
+        if (
+            not isinstance(latency, int | float)
+            or latency <= 0
+            or record.get("endpoint") in TOKENIZER_ENDPOINTS
+        ):
             return
         k = min(len(LATENCY_EDGES_MS), max(0, math.ceil(10 * math.log10(latency)) + 20))
-        (self.cached if record.get("served") in ("hit", "coalesced") else self.upstream)[k] += 1
+        (self.cached if record.get("served") in CACHED else self.upstream)[k] += 1
 
 
 @dataclass

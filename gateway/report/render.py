@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,6 +15,7 @@ from gateway.report.aggregate import NO_TASK, SERVED, RunReport
 COLUMNS = (
     "group",
     "requests",
+    "tokenizer",
     *SERVED,
     "hit_ratio",
     "tokens_in",
@@ -21,11 +23,15 @@ COLUMNS = (
     "cost_usd",
     "cost_saved_usd",
     "errors",
-    "p50_ms",
-    "p95_ms",
-    "p99_ms",
+    "cached_p50_ms",
+    "cached_max_ms",
+    "upstream_p50_ms",
+    "upstream_p95_ms",
+    "upstream_p99_ms",
+    "upstream_max_ms",
     "req_per_s",
 )
+NONE = "—"  # no figure: a free model's cost, a latency with no requests, a rate of one request
 
 
 # A spreadsheet runs a cell starting with one of these as a formula (OWASP "CSV injection").
@@ -46,25 +52,30 @@ def csv_safe(value: Any) -> Any:
 
 
 def rows(report: RunReport) -> list[dict[str, Any]]:
-    """One flat row per group, then the total."""
+    """One flat row per group, then the total; a free group's costs are None (shown as "—")."""
     data = report.as_dict()
     out = []
     for group in [*data["groups"], data["total"]]:
-        latency = group["latency_ms"]
+        cached, upstream = group["latency_ms"]["cached"], group["latency_ms"]["upstream"]
+        free = group["free"]
         out.append(
             {
                 "group": group["name"],
                 "requests": group["requests"],
+                "tokenizer": group["tokenizer_calls"],
                 **{k: group["served"][k] for k in SERVED},
                 "hit_ratio": group["hit_ratio"],
                 "tokens_in": group["tokens_in"],
                 "tokens_out": group["tokens_out"],
-                "cost_usd": group["cost_usd"],
-                "cost_saved_usd": group["cost_saved_usd"],
+                "cost_usd": None if free else group["cost_usd"],
+                "cost_saved_usd": None if free else group["cost_saved_usd"],
                 "errors": " ".join(f"{code}:{n}" for code, n in group["errors"].items()),
-                "p50_ms": latency["p50"],
-                "p95_ms": latency["p95"],
-                "p99_ms": latency["p99"],
+                "cached_p50_ms": cached["p50"],
+                "cached_max_ms": cached["max"],
+                "upstream_p50_ms": upstream["p50"],
+                "upstream_p95_ms": upstream["p95"],
+                "upstream_p99_ms": upstream["p99"],
+                "upstream_max_ms": upstream["max"],
                 "req_per_s": group["throughput_rps"],
             }
         )
@@ -87,17 +98,29 @@ def to_csv(report: RunReport) -> str:
     return buffer.getvalue()
 
 
+def human(value: float) -> str:
+    """A number for people: three significant digits (no trailing zeros), thousands separated.
+
+    ``0.009`` not ``0.009000``, ``0.000123`` not ``1.23e-04``, ``12.3``, ``1,224``.
+    """
+    if value == 0 or not math.isfinite(value):
+        return "0" if value == 0 else str(value)
+    decimals = max(0, 2 - math.floor(math.log10(abs(value))))
+    text = f"{value:,.{decimals}f}"
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
 def cell(value: Any) -> str:
-    """One value as a table cell: thousands separated, small costs with six decimals, None as '-'."""
+    """One value as a table cell: integers exact with separators, other numbers :func:`human`, None as "—"."""
     if value is None:
-        return "-"
+        return NONE
+    if isinstance(value, bool):
+        return str(value).lower()
     if isinstance(value, float):
-        if value and abs(value) < 0.01:
-            return f"{value:.6f}"
-        return f"{value:,.3f}".rstrip("0").rstrip(".") if value % 1 else f"{value:,.0f}"
+        return human(value)
     if isinstance(value, int):
         return f"{value:,}"
-    return str(value) or "-"
+    return str(value) or NONE
 
 
 def table(headers: Sequence[str], body: Sequence[Sequence[Any]]) -> str:
