@@ -218,7 +218,14 @@ class Pipeline:
     # -- embeddings ------------------------------------------------------------
 
     async def embed(self, call: Call, inputs: list[Any], keys: list[str]) -> Answer:
-        """An embeddings answer from each input's entry; only the inputs not cached go upstream, once each."""
+        """An embeddings answer from each input's entry; only the inputs not cached go upstream, once each.
+
+        Runs detached from the client, as every upstream call does: one that hangs up
+        never costs the run the record of what was paid for.
+        """
+        return await asyncio.shield(self._detach(self._embed(call, inputs, keys)))
+
+    async def _embed(self, call: Call, inputs: list[Any], keys: list[str]) -> Answer:
         started = time.time()
         parts: dict[str, bytes] = {}
         if call.cache_mode == "use":
