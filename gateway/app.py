@@ -17,7 +17,7 @@ from cache.records import RecordWriter
 from gateway.auth import Grant, KeyRing
 from gateway.config import GatewayConfig
 from gateway.dashboard import Dashboard
-from gateway.endpoints import ENDPOINTS, Endpoint
+from gateway.endpoints import ENDPOINTS, Endpoint, roots_of
 from gateway.errors import GatewayError
 from gateway.handlers import Handlers
 from gateway.launcher import LaunchedUpstream
@@ -125,7 +125,7 @@ def _add_routes(app: web.Application, handlers: Handlers, metrics: Metrics) -> N
     own = {"metrics": serve_metrics}
     for endpoint in ENDPOINTS:
         handler = own.get(endpoint.handler) or getattr(handlers, endpoint.handler)
-        for root in ("", "/runs/{run_id}") if endpoint.per_run else ("",):
+        for root in roots_of(endpoint):
             router.add_route(endpoint.method, root + endpoint.path, partial(handler, endpoint))
     Dashboard(handlers.config.cache_dir).add_routes(router)
     router.add_route("*", "/runs/{tail:.*}", handlers.bad_run)

@@ -2,7 +2,7 @@
 
 A row names the path, the method, the handler that serves it, the JSON Schema
 of its body, whether it streams and whether it can be micro-batched. The app
-adds a route per row (and per run root where ``per_run``), the validator
+adds a route per row and root (``ROOTS``: a run's, a model's), the validator
 checks bodies against the row's schema (compiled once, with jsonschema-rs),
 and the OpenAPI description publishes the very same schema, so the three can
 never disagree. What a cacheable answer of each endpoint looks like is
@@ -138,7 +138,7 @@ class Endpoint:
     body: dict[str, Any] | None = None  # JSON Schema of the request body; None: it takes none
     streams: bool = False  # can answer with server-sent events (``"stream": true``)
     batchable: bool = False  # concurrent requests may share one upstream call (micro-batching)
-    per_run: bool = True  # also served under ``/runs/{run_id}``
+    per_run: bool = True  # also served under every root of ``ROOTS`` (a run's, a model's)
     json: bool = True  # answers JSON (``/metrics`` answers Prometheus text)
 
 
@@ -160,6 +160,16 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("/tokenize", "POST", "tokenizer", "Text to token ids, cached", TOKENIZE_BODY),
     Endpoint("/detokenize", "POST", "tokenizer", "Token ids to text, cached", DETOKENIZE_BODY),
 )
+
+# Where the per-run endpoints are served: the root, a run's root, and a model's root in either,
+# under which a request that names no model (lm-eval's remote tokenizer never does) means that model.
+ROOTS = ("", "/runs/{run_id}", "/models/{model_name}", "/runs/{run_id}/models/{model_name}")
+
+
+def roots_of(endpoint: Endpoint) -> tuple[str, ...]:
+    """The roots ``endpoint`` is served under."""
+    return ROOTS if endpoint.per_run else ("",)
+
 
 BY_PATH = {e.path: e for e in ENDPOINTS}
 # Tokenizer calls are cheap look-ups: reports count them apart from the answers they help build.

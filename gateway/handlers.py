@@ -92,6 +92,7 @@ class Handlers:
         if endpoint.body is not None:
             body = validate_body(endpoint.path, await read_json(request, self.config.max_body_bytes))
             name = body.get("model") or name
+        name = name or request.match_info.get("model_name")  # a model's root names it
         model = self.model_named(name) if name else self._only_model(endpoint)
         check(grant, model.name, run_id)
         call = await self._call(request, run_id, endpoint.path, model, body)
@@ -128,8 +129,8 @@ class Handlers:
             return self.config.models[0]
         names = ", ".join(m.name for m in self.config.models)
         raise bad_request(
-            f"{endpoint.path} needs a model: several are configured ({names}); send 'model' in the body "
-            "or ?model= in the query",
+            f"{endpoint.path} needs a model: several are configured ({names}); send 'model' in the body, "
+            "?model= in the query, or ask under the model's root /models/NAME/",
             "model_required",
         )
 

@@ -11,7 +11,7 @@ import re
 from typing import Any
 
 from gateway.config import GatewayConfig
-from gateway.endpoints import ENDPOINTS, Endpoint
+from gateway.endpoints import ENDPOINTS, Endpoint, roots_of
 
 ERROR = {
     "type": "object",
@@ -45,11 +45,14 @@ def openapi_path(route: str) -> str:
     return _PARAM.sub(r"{\1}", route)
 
 
-def _operation(endpoint: Endpoint, models: list[str], per_run: bool) -> dict[str, Any]:
-    params = [RUN_ID] if per_run else []
-    params += [
-        {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
-        for name in _PARAM.findall(endpoint.path)
+def _operation(endpoint: Endpoint, models: list[str], root: str) -> dict[str, Any]:
+    params = [
+        RUN_ID
+        if name == "run_id"
+        else {"name": name, "in": "path", "required": True, "schema": {"type": "string", "enum": models}}
+        if name == "model_name"
+        else {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+        for name in _PARAM.findall(root + endpoint.path)
     ]
     content: dict[str, Any] = (
         {"application/json": {"schema": {"type": "object"}}}
@@ -78,8 +81,7 @@ def openapi(config: GatewayConfig) -> dict[str, Any]:
     models = [m.name for m in config.models]
     paths: dict[str, Any] = {}
     for endpoint in ENDPOINTS:
-        roots = [""] + (["/runs/{run_id}"] if endpoint.per_run else [])
-        for root in roots:
+        for root in roots_of(endpoint):
             path = openapi_path(root + endpoint.path)
-            paths.setdefault(path, {})[endpoint.method.lower()] = _operation(endpoint, models, bool(root))
+            paths.setdefault(path, {})[endpoint.method.lower()] = _operation(endpoint, models, root)
     return {"openapi": "3.1.0", "info": {"title": "replaygate gateway", "version": "1"}, "paths": paths}

@@ -206,3 +206,28 @@ def test_an_unknown_provider_is_refused_at_config_load_naming_the_registered_one
 
     with pytest.raises(ConfigError, match="unknown provider 'nope'.*openai-compatible"):
         parse_config("models:\n  - name: m\n    provider: nope\n", "test")
+
+
+async def test_a_models_root_names_the_model_for_requests_that_name_none(
+    relay: CountingRelay, standin: StandIn, make_gateway: GatewayFactory
+) -> None:
+    # lm-eval's remote tokenizer never sends a model: base_url=.../models/smol/v1/completions names it.
+    gateway = await make_gateway(
+        model_yaml(standin.api_base, name="other")
+        + model_yaml(relay.url + "/v1", name="smol", upstream_model="smollm2").removeprefix("models:\n")
+    )
+    root = gateway.url + "/runs/lm/models/smol"
+    info = await gateway.session.get(root + "/tokenizer_info")
+    assert info.status == 200 and "eos_token" in await info.json()
+    tokens = await gateway.post(
+        "/runs/lm/models/smol/tokenize", {"prompt": "hello", "add_special_tokens": False}
+    )
+    assert tokens.status == 200 and (await tokens.json())["tokens"]
+    completion = await gateway.post(
+        "/runs/lm/models/smol/v1/completions",
+        {"model": "smol", "prompt": "Hi", "max_tokens": 2, "temperature": 0},
+    )
+    assert completion.status == 200 and standin.calls.total() == 0
+    assert {r["model"] for r in gateway.records("lm")} == {"smol"}
+    unknown = await gateway.session.get(gateway.url + "/models/nothing/tokenizer_info")
+    assert unknown.status == 404
