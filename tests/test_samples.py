@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import sys
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -10,10 +13,12 @@ import pytest
 
 from tests.conftest import GatewayFactory, RunningGateway, model_yaml
 from tests.standin import Fault, StandIn
+from tests.test_lmeval import RUNNER, TASK_DIR, offline_env, run_in_task_dir
 from tests.upstreams import CountingRelay
 
 SAMPLED = {"model": "smollm2", "prompt": "Write one word about the sea:", "max_tokens": 8, "temperature": 1.0}
 GREEDY = {**SAMPLED, "temperature": 0}
+TASK = "replaygate_arith_sampled"
 K = 8
 
 
@@ -129,3 +134,26 @@ async def test_a_streamed_follower_gets_the_leaders_events_as_they_arrive(
         )
     assert standin.calls.total() == 1
     assert [r["served"] for r in gateway.records()] == ["miss", "coalesced"]
+
+
+@pytest.mark.lmeval
+async def test_lm_eval_repeats_send_every_draw_once_and_a_new_run_replays_them_all(
+    gateway: RunningGateway, relay: CountingRelay, tmp_path: Path
+) -> None:
+    async def evaluate(run: str) -> dict[str, Any]:
+        out = tmp_path / f"{run}.json"
+        base_url = f"{gateway.url}/runs/{run}/v1/completions"
+        # num_concurrent=1 (lm-eval's default): the draws of a question arrive in lm-eval's own order.
+        command = [sys.executable, str(RUNNER), base_url, str(TASK_DIR), str(out), "--num-concurrent=1", TASK]
+        await run_in_task_dir(command, offline_env(tmp_path))
+        return dict(json.loads(out.read_text()))
+
+    first = await evaluate("repeats-1")
+    documents = len(first["samples"][TASK])
+    generated = [r for r in gateway.records("repeats-1") if r["endpoint"] == "/v1/completions"]
+    assert relay.calls["/v1/completions"] == 4 * documents == len(generated)
+    assert sorted({r["sample"] for r in generated}) == [0, 1, 2, 3]
+    calls = relay.total
+    second = await evaluate("repeats-2")
+    assert relay.total == calls  # every draw replayed from the cache
+    assert second["samples"] == first["samples"] and second["results"] == first["results"]

@@ -218,3 +218,42 @@ async def test_a_cache_miss_with_the_gateway_stopped_is_one_line_counting_the_mi
     assert len(lines) == 1, more.stderr
     assert "missing from the cache" in lines[0] and "unreachable" in lines[0]
     assert re.search(r": \d+ response\(s\) missing", lines[0])
+
+
+async def test_pass_at_k_sends_one_draw_of_k_distinct_samples_per_problem_and_rescores_with_no_call(
+    stoppable: StoppableGateway, tmp_path: Path
+) -> None:
+    builtin = (Path(__file__).parent.parent / "scorer" / "tasks" / "humaneval.yaml").read_text()
+    sampled = (
+        builtin.replace("task: humaneval", "task: humaneval_sampled\nrepeats: 4")
+        .replace("temperature: 0", "temperature: 0.8")
+        .replace("max_gen_toks: 128", "max_gen_toks: 16")
+        .replace('until: ["\\nclass", "\\ndef", "\\n#"]', 'until: ["\\nclass"]')  # a tiny model stops at once
+        .replace("k: 1", "k: 4")
+    )
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / "humaneval_sampled.yaml").write_text(sampled)
+    outcome = await scorer(
+        "run", "humaneval_sampled", "--model", "smollm2", "--limit", "2", "--gateway", stoppable.url,
+        "--run-id", "passk", "--cache-dir", str(stoppable.cache_dir), "--include-path", str(tasks),
+    )  # fmt: skip
+    assert outcome.code == 0, outcome.stderr[-3000:]
+    generated = [
+        r
+        for r in read_records(shard_paths(run_dir(stoppable.cache_dir, "passk")))
+        if r["endpoint"] == "/v1/completions"
+    ]
+    assert len(generated) == 2 and {r["served"] for r in generated} == {"miss"}
+    for record in generated:  # one request per problem, pinned to sample 0, k choices in it
+        assert record["sample"] == 0 and record["request"]["n"] == 4
+        texts = [choice["text"] for choice in record["response"]["choices"]]
+        shown = {k: v for k, v in record["request"].items() if k != "prompt"}
+        assert len(texts) == 4 and len(set(texts)) > 1, (shown, texts)
+    at_run = read_results(scorer_dir(stoppable, "passk") / "results.json")
+    await stoppable.stop()
+    rescored = await scorer("score", "passk", "--cache-dir", str(stoppable.cache_dir), block_network=True)
+    assert rescored.code == 0, rescored.stderr[-3000:]
+    assert metric_values(read_results(scorer_dir(stoppable, "passk") / "results.json")) == metric_values(
+        at_run
+    )
