@@ -20,6 +20,7 @@ from scorer.cache_client import CacheClient
 from scorer.client import GatewayClient
 from scorer.docs import load_docs
 from scorer.errors import BadInput, GatewayUnreachable
+from scorer.groups import GroupConfig
 from scorer.helpers import apply_process_docs
 from scorer.manifest import SEQUENTIAL, Manifest, TaskEntry
 from scorer.prompts import draw_shots
@@ -48,6 +49,7 @@ class RunOptions:
     seed: int = 1234
     concurrency: int = 8
     lmeval_mode: str = SEQUENTIAL  # which lm-eval path's stop sequences to match (see scorer.manifest)
+    groups: dict[str, GroupConfig] = field(default_factory=dict)  # lm-eval groups over ``tasks``
 
 
 @dataclass
@@ -184,6 +186,7 @@ async def _rounds(
         manifest.tasks[task.name] = entry
         folder.write_docs(task.name, "eval", docs.eval)
         folder.write_docs(task.name, "train", docs.train)
+    manifest.groups.update({name: group.to_dict() for name, group in options.groups.items()})
     folder.write_manifest(manifest)
 
     for task, docs, _ in prepared:

@@ -471,6 +471,11 @@ def _refuse_functions(data: Any, where: str, top: bool = True) -> None:
             _refuse_functions(value, where, top=False)
 
 
+def read_task_yaml(path: Path) -> Any:
+    """A task or group file's mapping as written (``include:`` merged, ``!function`` as references)."""
+    return _read_yaml(path)
+
+
 def load_task_file(path: Path) -> TaskConfig:
     """Read and validate one task YAML file (lm-eval's ``include:`` resolved beside it)."""
     data = _read_yaml(path)
@@ -487,8 +492,8 @@ def task_files(include_paths: list[Path]) -> dict[str, Path]:
                 data = _load_yaml(path.read_text(), path.parent)
             except (OSError, yaml.YAMLError):
                 continue
-            if isinstance(data, dict) and data.get("task"):
-                found[str(data["task"])] = path
+            if isinstance(data, dict) and isinstance(data.get("task"), str):  # a group lists tasks
+                found[data["task"]] = path
     return found
 
 
