@@ -487,7 +487,7 @@ def task_files(include_paths: list[Path]) -> dict[str, Path]:
     """Task name → file, built-ins first, then each include path (later ones win)."""
     found: dict[str, Path] = {}
     for folder in [BUILTIN_DIR, *include_paths]:
-        for path in sorted(folder.glob("*.yaml")):
+        for path in sorted(folder.rglob("*.yaml")):  # as lm-eval: subfolders too (built-in mmlu/)
             try:
                 data = _load_yaml(path.read_text(), path.parent)
             except (OSError, yaml.YAMLError):
