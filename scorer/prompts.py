@@ -18,6 +18,7 @@ from functools import lru_cache
 from typing import Any
 
 from scorer.errors import BadInput
+from scorer.helpers import is_function, load_function
 from scorer.tasks import TaskConfig
 from scorer.templates import missing_field, render, simple_template
 
@@ -28,6 +29,8 @@ def _field(task: TaskConfig, field: str, doc: dict[str, Any]) -> Any:
         return _resolver(source, task.name, field)(doc)
     if isinstance(source, int | list):
         return source
+    if is_function(source):  # a Python helper beside the task file, called as lm-eval calls it
+        return load_function(source, f"task {task.name}: {field}")(doc)
     if isinstance(source, dict):
         return list(source.values())
     if source in doc:

@@ -19,6 +19,7 @@ import time
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
+from scorer.groups import GroupConfig, group_results
 from scorer.manifest import SCORER_VERSION, Manifest
 from scorer.scoring import TaskScores
 from scorer.stderr import DEFAULT_BOOTSTRAP_ITERS
@@ -68,15 +69,28 @@ def results_document(
             entry[f"{metric},{filter_name}"] = value
             entry[f"{metric}_stderr,{filter_name}"] = stderr
         results[s.task.name] = entry
+    groups = {name: GroupConfig.from_dict(g) for name, g in manifest.groups.items()}
+    aggregated = group_results(groups, results)
+    results.update(aggregated)
+    n_shot = {s.task.name: s.task.num_fewshot for s in scores}
+    higher: dict[str, dict[str, bool | None]] = {
+        s.task.name: {m.name: m.higher_is_better for m in s.task.metrics} for s in scores
+    }
+    _propagate(groups, aggregated, n_shot, higher)
     return {
         "results": results,
-        "group_subtasks": {s.task.name: [] for s in scores},
-        "configs": {s.task.name: s.task.raw for s in scores},
-        "versions": {s.task.name: s.task.version for s in scores},
-        "n-shot": {s.task.name: s.task.num_fewshot for s in scores},
-        "higher_is_better": {
-            s.task.name: {m.name: m.higher_is_better for m in s.task.metrics} for s in scores
+        **({"groups": {n: e for n, e in aggregated.items() if groups[n].aggregate}} if aggregated else {}),
+        "group_subtasks": {
+            **{s.task.name: [] for s in scores},
+            **{n: list(groups[n].children) for n in aggregated},
         },
+        "configs": {s.task.name: s.task.raw for s in scores},
+        "versions": {
+            **{s.task.name: s.task.version for s in scores},
+            **{n: str(groups[n].version) for n in aggregated},
+        },
+        "n-shot": n_shot,
+        "higher_is_better": higher,
         "n-samples": {
             s.task.name: {"original": n_total.get(s.task.name, s.n_samples), "effective": s.n_samples}
             for s in scores
@@ -110,6 +124,28 @@ def results_document(
         **environment(),
         "total_evaluation_time_seconds": str(time.time() - start),
     }
+
+
+def _propagate(
+    groups: dict[str, GroupConfig],
+    aggregated: dict[str, Any],
+    n_shot: dict[str, int],
+    higher: dict[str, dict[str, bool | None]],
+) -> None:
+    """A group's n-shot (when its children agree) and metric directions, as lm-eval propagates them."""
+    for name in aggregated:
+        shots = {n_shot[c] for c in groups[name].children if c in n_shot}
+        if len(shots) == 1:
+            n_shot[name] = shots.pop()
+        directions: dict[str, bool | None] = {}
+        for child in groups[name].children:
+            for metric, better in higher.get(child, {}).items():
+                if metric not in directions:
+                    directions[metric] = better
+                elif directions[metric] is not None and directions[metric] != better:
+                    directions[metric] = None
+        if directions:
+            higher[name] = directions
 
 
 def _fmt(value: Any) -> str:

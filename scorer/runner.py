@@ -20,6 +20,8 @@ from scorer.cache_client import CacheClient
 from scorer.client import GatewayClient
 from scorer.docs import load_docs
 from scorer.errors import BadInput, GatewayUnreachable
+from scorer.groups import GroupConfig
+from scorer.helpers import apply_process_docs
 from scorer.manifest import SEQUENTIAL, Manifest, TaskEntry
 from scorer.prompts import draw_shots
 from scorer.replay import cached_responses, cached_tokens, settings_of, train_answers
@@ -47,6 +49,7 @@ class RunOptions:
     seed: int = 1234
     concurrency: int = 8
     lmeval_mode: str = SEQUENTIAL  # which lm-eval path's stop sequences to match (see scorer.manifest)
+    groups: dict[str, GroupConfig] = field(default_factory=dict)  # lm-eval groups over ``tasks``
 
 
 @dataclass
@@ -73,12 +76,20 @@ def fewshot_pool(task: TaskConfig, eval_all: list[dict[str, Any]]) -> list[dict[
     split = task.raw["train_split"] or task.raw["eval_split"]
     if split == task.raw["eval_split"]:
         return eval_all
-    return load_docs(task.raw["dataset"], split, f"task {task.name}")
+    return split_docs(task, split)
+
+
+def split_docs(task: TaskConfig, split: str) -> list[dict[str, Any]]:
+    """A split's documents, through the task's ``process_docs`` helper when it has one (as lm-eval)."""
+    where = f"task {task.name}"
+    return apply_process_docs(
+        task.raw.get("process_docs"), load_docs(task.raw["dataset"], split, where), where
+    )
 
 
 def gather_documents(task: TaskConfig, limit: int | None, seed: int) -> tuple[Documents, int]:
     """The evaluated documents (first ``limit``), the examples each shows, and the split's size."""
-    eval_all = load_docs(task.raw["dataset"], task.raw["eval_split"], f"task {task.name}")
+    eval_all = split_docs(task, task.raw["eval_split"])
     n_total = len(eval_all)
     chosen = eval_all if limit is None else eval_all[:limit]
     train: dict[int, dict[str, Any]] = {}
@@ -175,6 +186,7 @@ async def _rounds(
         manifest.tasks[task.name] = entry
         folder.write_docs(task.name, "eval", docs.eval)
         folder.write_docs(task.name, "train", docs.train)
+    manifest.groups.update({name: group.to_dict() for name, group in options.groups.items()})
     folder.write_manifest(manifest)
 
     for task, docs, _ in prepared:

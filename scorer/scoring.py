@@ -12,8 +12,9 @@ from typing import Any
 
 import orjson
 
-from scorer.errors import MissingResponses
+from scorer.errors import BadInput, MissingResponses
 from scorer.filters import FilterChain
+from scorer.helpers import load_function
 from scorer.metrics import Sample
 from scorer.metrics.base import PerSample
 from scorer.responses import generations, loglikelihood
@@ -86,8 +87,9 @@ class TaskScorer:
         keys = [r.key for r in plan.requests]
         for filter_name, sample, raw in _samples(self.task, plan, responses):
             row_values: dict[str, Any] = {}
+            helped = self._process_results(plan, sample) if self.task.raw.get("process_results") else None
             for name, per_sample, options, values in self._slots(filter_name):
-                value = row_values[name] = per_sample(sample, options)
+                value = row_values[name] = per_sample(sample, options) if helped is None else helped[name]
                 values.append(value)
             row = {
                 "doc_id": plan.doc_id,
@@ -105,6 +107,25 @@ class TaskScorer:
             # small object, so orjson's large output buffer is freed and reused; keeping orjson's own
             # bytes costs a fresh page (a page fault, ~3 us) per row kept.
             self.lines.append(orjson.dumps(row, option=_ROW_OPTIONS) + b"\n")
+
+    def _process_results(self, plan: DocPlan, sample: Sample) -> dict[str, Any]:
+        """The task's ``process_results(doc, results)`` helper's values, as lm-eval calls it.
+
+        ``results`` is per request ``(loglikelihood, is_greedy)`` for loglikelihood tasks, the
+        filtered answers for generation (one string after ``take_first``, as lm-eval passes it).
+        """
+        where = f"task {self.task.name}: process_results"
+        if self.task.output_type == "generate_until":
+            results: list[Any] = list(sample.predictions)
+        else:
+            results = list(zip(sample.loglikelihoods or [], sample.greedy or [], strict=True))
+        values = load_function(self.task.raw["process_results"], where)(plan.doc, results)
+        if not isinstance(values, dict):
+            raise BadInput(f"{where} returned {type(values).__name__}, not a mapping of metric values")
+        absent = [m.name for m in self.task.metrics if m.name not in values]
+        if absent:
+            raise BadInput(f"{where} returned no value for metric(s) {', '.join(absent)} of metric_list")
+        return values
 
     def _slots(self, filter_name: str) -> list[tuple[str, PerSample, Mapping[str, Any], list[Any]]]:
         """Each metric's name, function, options and value list under ``filter_name``, looked up once."""

@@ -25,6 +25,7 @@ import yaml
 
 from scorer.errors import BadInput
 from scorer.filters import FilterChain, build_chains
+from scorer.helpers import HELPER_KEYS, describe, function_ref, is_function, load_function
 from scorer.metrics import Metric, get_metric, registry
 from scorer.metrics.base import OUTPUT_TYPES
 from scorer.templates import check_template
@@ -76,6 +77,8 @@ _KNOWN = {
     "fewshot_split",
     "num_fewshot",
     "fewshot_config",
+    "process_docs",
+    "process_results",
 } | _IGNORED
 _METRIC_KEYS = {"metric", "aggregation", "higher_is_better"}
 # Keys only lm-eval's task format has: their presence means its split rules apply.
@@ -218,7 +221,14 @@ def parse_task(data: Any, where: str, base_dir: Path | None = None, strict: bool
         "repeats": int(data.get("repeats", 1)),
         "api": data.get("api", "completions"),
         "max_length": int(data.get("max_length", 2048)),
+        "process_docs": data.get("process_docs"),
+        "process_results": data.get("process_results"),
     }
+    for key in HELPER_KEYS:  # a helper that cannot be imported fails here, not halfway through a run
+        if is_function(raw[key]):
+            load_function(raw[key], f"{at}: {key}")
+        elif key.startswith("process_") and raw[key] is not None:
+            raise BadInput(f"{at}: {key} must be a !function helper, got {raw[key]!r}")
     if raw["output_type"] not in OUTPUT_TYPES:
         raise BadInput(
             f"{at}: output_type {raw['output_type']!r} is not one of {', '.join(sorted(OUTPUT_TYPES))}"
@@ -240,7 +250,12 @@ def parse_task(data: Any, where: str, base_dir: Path | None = None, strict: bool
     raw["filter_list"] = data.get("filter_list")
     metric_list = data.get("metric_list") or [{"metric": m} for m in DEFAULT_METRICS[raw["output_type"]]]
     raw["metric_list"] = metric_list
-    metrics = tuple(_metric(entry, i, raw["output_type"], at) for i, entry in enumerate(metric_list))
+    if raw["process_results"] is not None:
+        if not data.get("metric_list"):
+            raise BadInput(f"{at}: process_results needs a metric_list naming the values it returns")
+        metrics = tuple(_helper_metric(entry, i, at) for i, entry in enumerate(metric_list))
+    else:
+        metrics = tuple(_metric(entry, i, raw["output_type"], at) for i, entry in enumerate(metric_list))
     names = [m.name for m in metrics]
     if len(set(names)) != len(names):
         raise BadInput(f"{at}: metric_list repeats a metric: {names}")
@@ -363,6 +378,25 @@ def _metric(entry: Any, i: int, output_type: str, at: str) -> MetricSpec:
     return MetricSpec(metric, options, bool(entry.get("higher_is_better", metric.higher_is_better)))
 
 
+def _helper_metric(entry: Any, i: int, at: str) -> MetricSpec:
+    """A ``metric_list`` entry naming a value ``process_results`` returns, averaged (the common case)."""
+    where = f"{at}: metric_list[{i}]"
+    if isinstance(entry, str):
+        entry = {"metric": entry}
+    if not isinstance(entry, dict) or not isinstance(entry.get("metric"), str):
+        raise BadInput(f"{where}: expected a mapping with 'metric' (a name process_results returns)")
+    if entry.get("aggregation", "mean") != "mean":
+        raise BadInput(
+            f"{where}: aggregation {entry['aggregation']!r} is not supported with process_results (only mean)"
+        )
+    metric = Metric(entry["metric"], OUTPUT_TYPES, True, frozenset(), _from_process_results)
+    return MetricSpec(metric, {}, bool(entry.get("higher_is_better", True)))
+
+
+def _from_process_results(sample: Any, options: Mapping[str, Any]) -> Any:
+    raise AssertionError("process_results values are taken from its dict, not computed per metric")
+
+
 def _check_regex(pattern: Any, where: str) -> None:
     import re
 
@@ -375,18 +409,26 @@ def _check_regex(pattern: Any, where: str) -> None:
 # -- finding task files --------------------------------------------------------
 
 
-class _Function(str):
-    """A ``!function module.name`` value of lm-eval's task YAML (a Python helper beside the file)."""
-
-
 class _TaskLoader(yaml.SafeLoader):
-    """YAML as lm-eval reads task files: ``!function`` is kept as a marker, to be refused by key."""
+    """YAML as lm-eval reads task files: ``!function module.name`` names a helper beside the file."""
+
+    base_dir = Path(".")
 
 
-_TaskLoader.add_constructor(
-    "!function",
-    lambda loader, node: _Function(loader.construct_scalar(node)),  # type: ignore[arg-type]
-)
+def _function_tag(loader: _TaskLoader, node: yaml.Node) -> dict[str, str]:
+    return function_ref(str(loader.construct_scalar(node)), loader.base_dir)  # type: ignore[arg-type]
+
+
+_TaskLoader.add_constructor("!function", _function_tag)  # type: ignore[arg-type]
+
+
+def _load_yaml(text: str, base_dir: Path) -> Any:
+    loader = _TaskLoader(text)
+    loader.base_dir = base_dir
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
 
 
 def _read_yaml(path: Path, depth: int = 0) -> Any:
@@ -396,7 +438,7 @@ def _read_yaml(path: Path, depth: int = 0) -> Any:
     except OSError as exc:
         raise BadInput(f"{path}: cannot read task file: {exc.strerror}") from exc
     try:
-        data = yaml.load(text, Loader=_TaskLoader)  # noqa: S506 - a SafeLoader with one marker tag
+        data = _load_yaml(text, path.parent)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark is not None else ""
@@ -412,16 +454,26 @@ def _read_yaml(path: Path, depth: int = 0) -> Any:
     return data
 
 
-def _refuse_functions(data: Any, where: str) -> None:
-    """One line naming the key of the first ``!function`` value: Python helpers are not run."""
+def _refuse_functions(data: Any, where: str, top: bool = True) -> None:
+    """One line naming the key of the first ``!function`` the scorer does not run (:mod:`scorer.helpers`)."""
     if isinstance(data, dict):
         for key, value in data.items():
-            if isinstance(value, _Function):
-                raise BadInput(f"{where}: {key} is !function {value}: Python helpers are not supported")
-            _refuse_functions(value, where)
+            if is_function(value):
+                if top and key in HELPER_KEYS:
+                    continue
+                raise BadInput(
+                    f"{where}: {key} is {describe(value)}: the scorer runs Python helpers only "
+                    f"for {', '.join(HELPER_KEYS)}"
+                )
+            _refuse_functions(value, where, top=False)
     elif isinstance(data, list):
         for value in data:
-            _refuse_functions(value, where)
+            _refuse_functions(value, where, top=False)
+
+
+def read_task_yaml(path: Path) -> Any:
+    """A task or group file's mapping as written (``include:`` merged, ``!function`` as references)."""
+    return _read_yaml(path)
 
 
 def load_task_file(path: Path) -> TaskConfig:
@@ -435,13 +487,13 @@ def task_files(include_paths: list[Path]) -> dict[str, Path]:
     """Task name → file, built-ins first, then each include path (later ones win)."""
     found: dict[str, Path] = {}
     for folder in [BUILTIN_DIR, *include_paths]:
-        for path in sorted(folder.glob("*.yaml")):
+        for path in sorted(folder.rglob("*.yaml")):  # as lm-eval: subfolders too (built-in mmlu/)
             try:
-                data = yaml.safe_load(path.read_text())
+                data = _load_yaml(path.read_text(), path.parent)
             except (OSError, yaml.YAMLError):
                 continue
-            if isinstance(data, dict) and data.get("task"):
-                found[str(data["task"])] = path
+            if isinstance(data, dict) and isinstance(data.get("task"), str):  # a group lists tasks
+                found[data["task"]] = path
     return found
 
 

@@ -37,7 +37,8 @@ def run(base_url: str, task_dir: str, tasks: list[str], num_concurrent: int = 8)
     assert output is not None
     kept = ("doc_id", "resps", "filtered_resps")  # what the model answered, not lm-eval's bookkeeping
     samples = {task: [{k: row[k] for k in kept} for row in rows] for task, rows in output["samples"].items()}
-    return {"results": output["results"], "samples": samples}
+    shapes = ("groups", "group_subtasks", "versions", "n-shot", "higher_is_better")
+    return {"results": output["results"], "samples": samples, **{k: output[k] for k in shapes if k in output}}
 
 
 if __name__ == "__main__":

@@ -212,9 +212,13 @@ def test_an_lm_eval_include_is_read_beside_the_file_and_its_keys_are_overridden(
     assert task.raw["description"] == "About astronomy.\n\n"
 
 
-def test_a_function_helper_is_refused_naming_file_and_key(tmp_path: Path) -> None:
+def test_a_function_helper_with_no_module_beside_the_file_is_refused_naming_file_and_key(
+    tmp_path: Path,
+) -> None:
     path = tmp_path / "helper.yaml"
     text = TASKS["mc_0shot"].replace("{DATA}", str(tmp_path))
     path.write_text(text.replace("doc_to_target: answer", "doc_to_target: !function utils.target"))
-    with pytest.raises(BadInput, match=r"helper\.yaml: doc_to_target is !function utils\.target"):
+    with pytest.raises(
+        BadInput, match=r"helper\.yaml.*: doc_to_target is !function utils\.target: .*utils\.py"
+    ):
         load_task_file(path)

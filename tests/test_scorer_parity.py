@@ -137,3 +137,41 @@ async def test_after_lm_eval_few_shot_scorer_run_sends_nothing_upstream_and_scor
 def values_and_stderrs(results: dict) -> dict[str, dict]:  # type: ignore[type-arg]
     """Each task's ``metric,filter`` values and their ``metric_stderr,filter``."""
     return {task: {k: v for k, v in e.items() if "," in k} for task, e in results["results"].items()}
+
+
+async def test_a_group_scores_as_lm_evals_group_with_nothing_sent_upstream(
+    stoppable: StoppableGateway, tmp_path: Path
+) -> None:
+    theirs = await lm_eval(stoppable, "group", tmp_path, ["replaygate_pair"])
+    calls = Counter(stoppable.relay.calls)
+
+    ours = await scorer(
+        "run",
+        "replaygate_pair",
+        "--include-path",
+        str(TASK_DIR),
+        "--model",
+        "smollm2",
+        "--gateway",
+        stoppable.url,
+        "--run-id",
+        "group",
+        "--cache-dir",
+        str(stoppable.cache_dir),
+        "--lmeval-mode",
+        "concurrent",
+        "--json",
+    )
+
+    assert ours.code == 0, ours.stderr[-3000:]
+    assert Counter(stoppable.relay.calls) == calls, "the scorer reached the upstream: a request differed"
+    mine = json.loads(ours.stdout)
+    assert set(mine["results"]) == set(theirs["results"])
+    for name, entry in theirs["results"].items():
+        assert mine["results"][name] == {k: v for k, v in entry.items() if k != "alias"} | {
+            "alias": mine["results"][name]["alias"]
+        }, name
+    assert mine["groups"] == theirs["groups"]
+    assert mine["group_subtasks"]["replaygate_pair"] == theirs["group_subtasks"]["replaygate_pair"]
+    for key in ("versions", "n-shot", "higher_is_better"):  # n-shot: none, its children differ
+        assert mine[key].get("replaygate_pair") == theirs[key].get("replaygate_pair"), key
