@@ -199,6 +199,12 @@ async def test_redis_stopped_mid_load_the_replicas_keep_answering_and_recording_
         stop_fleet(fleet)
 
 
+async def _until(condition: object, deadline_s: float, what: str) -> None:
+    from tests.processes import until
+
+    await until(condition, deadline_s, what)
+
+
 def _records(replica: GatewayProcess) -> list[dict[str, object]]:
     return list(read_records(shard_paths(run_dir(replica.cache_dir, RUN))))
 
@@ -219,3 +225,64 @@ async def _until_shared(session: aiohttp.ClientSession, replica: GatewayProcess)
         return bool((await health(session, replica))["state"]["shared"])  # type: ignore[index]
 
     await until(shared, 10, f"{replica.url} to share state again")
+
+
+class WorkersProcess(GatewayProcess):
+    """``gateway serve --workers N``."""
+
+    def __init__(self, workers: int, *args: object) -> None:
+        super().__init__(*args)  # type: ignore[arg-type]
+        self.workers = workers
+
+    def start(self, preexec_fn: object = None) -> None:
+        import subprocess
+        import sys
+
+        from tests.processes import REPO
+
+        command = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(self.config)]
+        command += ["--port", str(self.port), "--cache-dir", str(self.cache_dir), "--quiet"]
+        command += ["--workers", str(self.workers)]
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=log)
+
+
+@pytest.mark.parametrize("backend", ["local", "redis"])
+async def test_serve_workers_serves_one_port_from_several_processes_each_with_its_own_shards(
+    backend: str,
+    tmp_path: Path,
+    standin: StandInProcess,
+    redis_server: RedisServer,
+    session: aiohttp.ClientSession,
+) -> None:
+    config = gateway_config(tmp_path / "gateway.yaml", standin.api_base)
+    if backend == "redis":
+        redis_server.flush()
+        config.write_text(
+            f"state: {{backend: redis, url: '{redis_server.url}', {STATE_TIMING}}}\n" + config.read_text()
+        )
+    server = WorkersProcess(2, config, tmp_path / "store", tmp_path / "gateway.log")
+    server.start()
+    try:
+        await server.wait_healthy(session)
+
+        async def all_serving() -> bool:
+            return server.log.read_text().count("gateway: serving") == 2
+
+        await _until(all_serving, 30, "both workers to listen")
+        # New connections each time: the kernel spreads connections, not requests, between workers.
+        prompts = workload(distinct=40, duplicates=20)
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as fresh:
+            replies = await asyncio.gather(*(ask(fresh, server.url, p) for p in prompts))
+            detail = await health(fresh, server)
+        assert all(status == 200 for status, _, _ in replies)
+        shards = shard_paths(run_dir(server.cache_dir, RUN))
+        assert len(shards) == 2, [s.name for s in shards]  # both workers served, each in its own shard
+        if backend == "redis":
+            assert (await standin.stats(session))["total"] == 40  # one single-flight for both workers
+            assert detail["state"]["shared"] is True  # type: ignore[index]
+        else:
+            assert "single-flight" in detail["state"]["per_process"]  # type: ignore[index]
+        assert "workers on port" in server.log.read_text()
+    finally:
+        server.stop()
