@@ -128,6 +128,10 @@ class ResponseIndex:
         """The body from the memory tier only: never touches disk, never waits."""
         return self._recent.get(key)
 
+    def remember(self, key: str, body: bytes) -> None:
+        """Put ``body`` in the memory tier only (an entry another store, e.g. Redis, answered)."""
+        self._remember(key, body)
+
     def _remember(self, key: str, body: bytes) -> None:
         if len(body) > self._memory_bytes // 8:
             return  # one huge body must not flush the tier

@@ -7,6 +7,7 @@
 #   deploy/bootstrap.sh project    # only the project venv
 #   deploy/bootstrap.sh vllm       # only the vLLM venv and the model
 #   deploy/bootstrap.sh browser    # only headless Chromium (apt-get, when missing)
+#   deploy/bootstrap.sh redis      # only redis-server (apt-get, when missing)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -122,10 +123,24 @@ browser() {
   fi
 }
 
+redis() {
+  # Debian's redis-server: the fleet tests (shared state, state: {backend: redis}) start their own on a
+  # free port. Only the server binary is used; the package's system service is not needed.
+  command -v redis-server >/dev/null && return
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    log "installing redis-server (Debian's package)"
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+  else
+    log "redis-server is missing and cannot be installed here: the fleet tests will skip"
+  fi
+}
+
 case "${1:-all}" in
   project) project_venv ;;
   vllm) vllm_venv; model_dir ;;
   browser) browser ;;
-  all) project_venv; vllm_venv; model_dir; browser ;;
-  *) echo "usage: $0 [all|project|vllm|browser]" >&2; exit 2 ;;
+  redis) redis ;;
+  all) project_venv; vllm_venv; model_dir; browser; redis ;;
+  *) echo "usage: $0 [all|project|vllm|browser|redis]" >&2; exit 2 ;;
 esac

@@ -27,6 +27,8 @@ from gateway.pipeline import Pipeline
 from gateway.pricing import Costs
 from gateway.providers import make_provider
 from gateway.redaction import Redactor
+from gateway.state import make_state
+from gateway.state.metrics import StateCollector
 from gateway.upstream import Upstream
 
 log = logging.getLogger("gateway")
@@ -93,17 +95,24 @@ async def _resources(config: GatewayConfig, handlers: Handlers, redactor: Redact
     )
     launched = [LaunchedUpstream(m, config.cache_dir / "logs") for m in config.models if m.launch]
     index = ResponseIndex(config.cache_dir)
+    state = make_state(config.state)
     records = RecordWriter(
         config.cache_dir, config.records.fsync, config.records.fsync_interval_s, scrub=redactor.scrub
     )
     try:
+        await state.start()
         for upstream in launched:
             await upstream.start(session)
         upstreams = {m.name: Upstream(m, make_provider(m, session), redactor) for m in config.models}
+        for m in config.models:  # one set of limits for the fleet (or a share of them per process)
+            upstreams[m.name].scheduler.share(state.limiter(m), state.replicas)
         await asyncio.gather(*(u.provider.ready() for u in upstreams.values()))  # healthy means serving
         metrics = app[METRICS]
-        handlers.pipeline = app[PIPELINE] = Pipeline(index, records, upstreams, Costs(config.models), metrics)
+        handlers.pipeline = app[PIPELINE] = Pipeline(
+            state.index(index), records, upstreams, Costs(config.models), metrics, state
+        )
         metrics.watch(upstreams)
+        metrics.registry.register(StateCollector(state))
         yield
         for model_upstream in upstreams.values():
             await model_upstream.close()
@@ -113,6 +122,7 @@ async def _resources(config: GatewayConfig, handlers: Handlers, redactor: Redact
         await session.close()
         records.close()
         index.close()
+        await state.close()
 
 
 def _add_routes(app: web.Application, handlers: Handlers, metrics: Metrics) -> None:

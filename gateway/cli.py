@@ -11,6 +11,7 @@ import click
 
 from gateway.config import ConfigError, load_config, replaygate_home
 from gateway.logs import LogFormat, configure_logging
+from gateway.workers import worker_count
 
 CACHE_DIR = click.option(
     "--cache-dir",
@@ -47,6 +48,13 @@ def main() -> None:
 )
 @click.option("--quiet", is_flag=True, help="No live status line on the terminal.")
 @click.option(
+    "--workers",
+    type=click.IntRange(1, 256),
+    default=1,
+    show_default=True,
+    help="Processes serving one port (SO_REUSEPORT), each with its own record shards.",
+)
+@click.option(
     "--log-format",
     type=click.Choice(["text", "json"]),
     default="text",
@@ -59,9 +67,14 @@ def serve(
     port: int | None,
     cache_dir: Path | None,
     quiet: bool,
+    workers: int,
     log_format: LogFormat,
 ) -> None:
     """Serve the OpenAI-compatible gateway."""
+    if workers > 1:
+        from gateway.workers import serve_workers
+
+        sys.exit(serve_workers(workers, config_path, host, port, cache_dir))
     from aiohttp import web
 
     from gateway.app import METRICS, REDACTOR, create_app
@@ -73,10 +86,13 @@ def serve(
         config = load_config(config_path, host=host, port=port, cache_dir=cache_dir)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
+    from gateway.workers import as_worker
+
+    config = as_worker(config)  # one of `serve --workers N`'s processes, or the only one
     _use_uvloop()
     _raise_open_file_limit()
     try:  # claim the port before launching anything: a port in use is one line, not a traceback
-        sock = _bound_socket(config.host, config.port)
+        sock = _bound_socket(config.host, config.port, reuse_port=worker_count() > 1)
     except OSError as exc:
         click.echo(f"gateway: cannot listen on {config.host}:{config.port}: {exc.strerror or exc}", err=True)
         sys.exit(2)
@@ -338,11 +354,17 @@ def _raise_open_file_limit() -> None:
             pass
 
 
-def _bound_socket(host: str, port: int) -> socket.socket:
-    """A socket bound to ``host:port`` but not yet listening: clients are refused until the app is ready."""
+def _bound_socket(host: str, port: int, reuse_port: bool = False) -> socket.socket:
+    """A socket bound to ``host:port`` but not yet listening: clients are refused until the app is ready.
+
+    With ``reuse_port`` several processes bind the same port and the kernel
+    spreads connections between those listening (``serve --workers``).
+    """
     family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
     sock = socket.socket(family, kind, proto)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind(address)
     except OSError:

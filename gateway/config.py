@@ -172,6 +172,32 @@ class RecordsConfig(_Strict):
     fsync_interval_s: float = 1.0
 
 
+class StateConfig(_Strict):
+    """Where the state that must be one value for every gateway process lives (``gateway.state``).
+
+    ``local`` (the default): in this process, as one gateway always was; nothing
+    imports a Redis client. ``redis``: the response index, single-flight leases,
+    rate-limit buckets and sample counters are shared through the Redis at
+    ``url`` by every process configured with the same ``url`` and ``prefix``.
+    """
+
+    backend: Literal["local", "redis"] = "local"
+    url: str | None = None
+    prefix: str = Field(default="rg:", min_length=1, max_length=64)
+    # How many processes share the limits: each takes this share of them while Redis is out of
+    # reach (or, with the local backend, under ``serve --workers``), so together they stay within.
+    replicas: int = Field(default=1, ge=1, le=1024)
+    timeout_s: float = Field(default=1.0, gt=0, le=10)  # a Redis slower than this counts as down
+    lease_s: float = Field(default=10.0, gt=0, le=600)  # a dead holder's single-flight lease expires
+    wait_s: float = Field(default=600.0, gt=0)  # the longest a process waits for another's answer
+
+    @model_validator(mode="after")
+    def _needs_url(self) -> StateConfig:
+        if self.backend == "redis" and not self.url:
+            raise ValueError("state.backend redis needs a url (redis://host:port/db)")
+        return self
+
+
 class KeyConfig(_Strict):
     """A gateway key, stored as its sha256 digest, and what it may do."""
 
@@ -206,6 +232,7 @@ class GatewayConfig(_Strict):
     records: RecordsConfig = RecordsConfig()
     shutdown_timeout_s: float = Field(default=30.0, ge=0)
     keys: list[KeyConfig] = Field(default_factory=list)
+    state: StateConfig = StateConfig()
     models: list[ModelConfig] = Field(min_length=1)
 
     @field_validator("models")

@@ -37,8 +37,12 @@ class Handlers:
     # -- routes ---------------------------------------------------------------
 
     async def health(self, endpoint: Endpoint, request: web.Request) -> web.Response:
-        """Liveness: answers without touching disk or upstream."""
-        return web.Response(body=b'{"status":"ok"}', content_type=JSON)
+        """Liveness: answers without touching disk or upstream; says where shared state is, when it is."""
+        pipeline = getattr(self, "pipeline", None)
+        if pipeline is None or (pipeline.state.backend == "local" and pipeline.state.replicas == 1):
+            return web.Response(body=b'{"status":"ok"}', content_type=JSON)
+        detail = {"status": "ok", "state": pipeline.state.health()}
+        return web.Response(body=orjson.dumps(detail), content_type=JSON)
 
     async def openapi(self, endpoint: Endpoint, request: web.Request) -> web.Response:
         """This gateway's OpenAPI description."""

@@ -36,6 +36,7 @@ from gateway.metrics import Metrics
 from gateway.pricing import Costs
 from gateway.samples import SampleLedger
 from gateway.singleflight import Feed, SingleFlight, run_detached
+from gateway.state import IndexLike, State
 from gateway.streaming import DONE, assembler_for, carries_answer, replay_events, sse_event
 from gateway.upstream import Attempts, Upstream, invalid_answer
 from gateway.usage_memo import UsageMemo
@@ -93,12 +94,14 @@ class Pipeline:
 
     def __init__(
         self,
-        index: ResponseIndex,
+        index: ResponseIndex | IndexLike,
         records: RecordWriter,
         upstreams: dict[str, Upstream],
         costs: Costs | None = None,
         metrics: Metrics | None = None,
+        state: State | None = None,
     ) -> None:
+        self.state = state if state is not None else State()
         self.index = index
         self.records = records
         self.upstreams = upstreams
@@ -107,7 +110,7 @@ class Pipeline:
         self.flights: SingleFlight[Answer] = SingleFlight()
         self.usage = UsageMemo()  # so a hit's record never re-parses its body for its usage
         self.feeds: dict[str, Feed[Any]] = {}  # the events of streamed flights, for their followers
-        self.samples = SampleLedger(records.cache_dir)
+        self.samples: SampleLedger = self.state.samples(records.cache_dir)
         self._upstream_work: set[asyncio.Future[Any]] = set()  # every detached upstream call
         self.stopping = False
 
@@ -166,9 +169,35 @@ class Pipeline:
             return await asyncio.shield(self._detach(self._fetch(call, started)))
         flight = self.flights.join(call.key)
         if flight is None:
-            flight = self.flights.start(call.key, lambda: self._detach(self._fetch(call, started)))
+            flight = self.flights.start(call.key, lambda: self._detach(self._fetch_once(call, started)))
             return await asyncio.shield(flight)
         return await self._follow(call, flight, started)
+
+    async def _fetch_once(self, call: Call, started: float) -> Answer:
+        """:meth:`_fetch`, unless another process of the fleet is already fetching this key: then its answer.
+
+        Only for ``use``: a refresh must reach the upstream. With the local
+        state every claim is granted at once (single-flight is this process's).
+        """
+        if call.cache_mode != "use":
+            return await self._fetch(call, started)
+        while True:
+            claim = await self.state.claim(call.key)
+            if claim is not None:
+                try:
+                    # Another process may have answered between our lookup and our claim.
+                    cached = await self.index.aget(call.key) if self.state.shared else None
+                    if cached is not None:
+                        await self._record(call, "hit", started, body=cached)
+                        return Answer(cached, "hit")
+                    return await self._fetch(call, started)
+                finally:
+                    await claim.release()
+            body = await self.state.wait_for(call.key)
+            if body is not None:
+                await self._record(call, "coalesced", started, body=body)
+                return Answer(body, "coalesced")
+            # The holder gave up or died (its lease expired): claim the key again.
 
     async def _follow(self, call: Call, flight: asyncio.Future[Answer], started: float) -> Answer:
         """Share another request's upstream call, keeping a record of our own."""

@@ -16,8 +16,12 @@ import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from gateway.errors import GatewayError
+
+if TYPE_CHECKING:
+    from gateway.state import SharedLimiter
 
 # Cap on how long an upstream's Retry-After or x-ratelimit-reset-* can pause us:
 # a hostile or broken header must not stall a run for an hour.
@@ -86,6 +90,7 @@ class Ticket:
     input_tokens: float
     output_tokens: float
     released: bool = False
+    shared: bool = False  # taken from the fleet's buckets (settled there too)
 
 
 class Scheduler:
@@ -105,6 +110,19 @@ class Scheduler:
         self._last_decrease = 0.0
         self._head = asyncio.Lock()  # FIFO: only the oldest waiter looks for capacity
         self._changed = asyncio.Event()
+        self.shared: SharedLimiter | None = None
+
+    def share(self, shared: SharedLimiter | None, replicas: int = 1) -> None:
+        """Take RPM/TPM from ``shared`` (the fleet's buckets); this process's own buckets then hold
+        ``1/replicas`` of each limit, for whenever the shared store is out of reach (or, with
+        ``shared`` None, because ``replicas`` processes divide the limits between them)."""
+        self.shared = shared
+        if replicas > 1:
+            for bucket in (self.requests, self.tokens, self.input_tokens, self.output_tokens):
+                if bucket is not None:
+                    bucket.capacity /= replicas
+                    bucket.rate /= replicas
+                    bucket.level = min(bucket.level, bucket.capacity)
 
     @property
     def queue_depth(self) -> int:
@@ -113,18 +131,15 @@ class Scheduler:
 
     async def acquire(self, input_tokens: float, output_tokens: float) -> Ticket:
         """Go now if there is capacity and nobody ahead; else queue (FIFO), or 429 when the queue is full."""
+        if self.shared is not None:
+            ticket = await self._acquire_shared(self.shared, input_tokens, output_tokens)
+            if ticket is not None:
+                return ticket
         if not self.waiting and self._delay(input_tokens, output_tokens) == 0.0:
             self._take(input_tokens, output_tokens)  # the fast path: no queue, no lock
             return Ticket(input_tokens, output_tokens)
         if self.waiting >= self.limits.max_queue:
-            retry = max(1, round(self._pause_left() or 1))
-            raise GatewayError(
-                429,
-                f"upstream '{self.name}' queue is full ({self.limits.max_queue} waiting); retry later",
-                "rate_limit_error",
-                "queue_full",
-                headers={"Retry-After": str(retry)},
-            )
+            raise self._queue_full()
         self.waiting += 1
         try:
             async with self._head:
@@ -138,6 +153,51 @@ class Scheduler:
         finally:
             self.waiting -= 1
         return Ticket(input_tokens, output_tokens)
+
+    async def _acquire_shared(
+        self, shared: SharedLimiter, input_tokens: float, output_tokens: float
+    ) -> Ticket | None:
+        """Queue (FIFO) for a local slot, then take the fleet's buckets; None: the store is out, go local."""
+        if self.waiting >= self.limits.max_queue:
+            raise self._queue_full()
+        amounts = {"requests": 1.0, "tokens": input_tokens + output_tokens}
+        amounts |= {"input_tokens": input_tokens, "output_tokens": output_tokens}
+        self.waiting += 1
+        try:
+            async with self._head:
+                while True:
+                    while (delay := self._local_delay()) != 0.0:
+                        self._changed.clear()
+                        try:
+                            await asyncio.wait_for(self._changed.wait(), delay)
+                        except asyncio.TimeoutError:
+                            pass
+                    wait = await shared.take(amounts)
+                    if wait is None:
+                        return None
+                    if wait == 0.0:
+                        self.in_flight += 1
+                        return Ticket(input_tokens, output_tokens, shared=True)
+                    await asyncio.sleep(wait)
+        finally:
+            self.waiting -= 1
+
+    def _local_delay(self) -> float | None:
+        """What this process alone holds back: its pause and its concurrency limit."""
+        pause = self._pause_left()
+        if pause > 0:
+            return pause
+        return 0.0 if self.in_flight < int(self.concurrency_limit) else None
+
+    def _queue_full(self) -> GatewayError:
+        retry = max(1, round(self._pause_left() or 1))
+        return GatewayError(
+            429,
+            f"upstream '{self.name}' queue is full ({self.limits.max_queue} waiting); retry later",
+            "rate_limit_error",
+            "queue_full",
+            headers={"Retry-After": str(retry)},
+        )
 
     def _pause_left(self) -> float:
         return max(0.0, self._paused_until - time.monotonic())
@@ -180,12 +240,16 @@ class Scheduler:
         if usage:
             extra_in = ticket.input_tokens - usage.get("prompt_tokens", ticket.input_tokens)
             extra_out = ticket.output_tokens - usage.get("completion_tokens", ticket.output_tokens)
-            if self.tokens:
-                self.tokens.give_back(extra_in + extra_out)
-            if self.input_tokens:
-                self.input_tokens.give_back(extra_in)
-            if self.output_tokens:
-                self.output_tokens.give_back(extra_out)
+            if ticket.shared and self.shared is not None:
+                deltas = {"tokens": extra_in + extra_out, "input_tokens": extra_in}
+                self.shared.adjust(deltas | {"output_tokens": extra_out})
+            else:
+                if self.tokens:
+                    self.tokens.give_back(extra_in + extra_out)
+                if self.input_tokens:
+                    self.input_tokens.give_back(extra_in)
+                if self.output_tokens:
+                    self.output_tokens.give_back(extra_out)
         if headers:
             self._believe(headers)
         self._changed.set()
@@ -204,6 +268,8 @@ class Scheduler:
             self._last_decrease = now
         if retry_after:
             self._paused_until = max(self._paused_until, now + min(retry_after, MAX_PAUSE_S))
+            if self.shared is not None:  # every process of the fleet waits, not only this one
+                self.shared.pause(min(retry_after, MAX_PAUSE_S))
 
     def _believe(self, headers: Mapping[str, str]) -> None:
         """Believe the upstream, within reason: remaining budgets cap our buckets; an exhausted one pauses.
@@ -219,6 +285,8 @@ class Scheduler:
             remaining = max(0.0, remaining)
             if bucket is not None:
                 bucket.cap(remaining)
+            if self.shared is not None:
+                self.shared.cap(kind if kind == "requests" else "tokens", remaining)
             reset = parse_duration(headers.get(f"x-ratelimit-reset-{kind}"))
             if remaining == 0 and reset:  # even with no limit configured, the upstream knows best
                 pause_until = time.monotonic() + min(max(0.0, reset), MAX_PAUSE_S)

@@ -18,6 +18,7 @@ from cache.runs import run_dir
 from gateway.app import PIPELINE, create_app
 from gateway.config import GatewayConfig, parse_config
 from gateway.upstream import Upstream
+from tests.redis_server import REDIS_SERVER, RedisServer
 from tests.standin import StandIn
 from tests.upstreams import CountingRelay, VLLMServer, vllm_available
 
@@ -36,6 +37,29 @@ def vllm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VLLMServer]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A real redis-server of this test session's own, on a free port (never the system's service)."""
+    if REDIS_SERVER is None:
+        message = "redis-server is not installed: run deploy/bootstrap.sh redis"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The session's redis, emptied for this test (running again if an earlier test stopped it)."""
+    if not redis_server.ping():
+        redis_server.start()
+    redis_server.flush()
+    return redis_server.url
 
 
 @pytest.fixture

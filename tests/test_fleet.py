@@ -1,0 +1,288 @@
+"""Three `gateway serve` processes, each with its own cache dir, sharing state through a real redis-server.
+
+What they must do as one gateway: one upstream call per distinct key, one
+answer for every replica, one RPM limit for all three, and serving on
+through a replica's crash or Redis's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import orjson
+import pytest
+
+from cache.records import read_records, shard_paths
+from cache.runs import run_dir
+from tests.processes import GatewayProcess, StandInProcess, gateway_config
+from tests.redis_server import RedisServer
+
+RUN = "fleet"
+REPLICAS = 3
+# Short leases so a killed holder's expire within the test; a generous timeout, as three replicas, the
+# stand-in and Redis share two cores and a busy event loop must not read as a slow Redis.
+STATE_TIMING = "lease_s: 2, timeout_s: 3"
+
+
+@pytest.fixture
+async def standin() -> AsyncIterator[StandInProcess]:
+    server = StandInProcess()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as client:
+        yield client
+
+
+async def start_fleet(
+    tmp_path: Path, standin: StandInProcess, redis_url: str, session: aiohttp.ClientSession, **model: object
+) -> list[GatewayProcess]:
+    """Three replicas, each with a cache dir of its own (as on three machines): only Redis is shared."""
+    fleet = []
+    for n in range(REPLICAS):
+        config = gateway_config(tmp_path / f"gateway{n}.yaml", standin.api_base, **model)
+        state = f"state: {{backend: redis, url: '{redis_url}', replicas: {REPLICAS}, {STATE_TIMING}}}\n"
+        config.write_text(state + config.read_text())
+        replica = GatewayProcess(config, tmp_path / f"store{n}", tmp_path / f"gateway{n}.log")
+        replica.start()
+        fleet.append(replica)
+    for replica in fleet:
+        await replica.wait_healthy(session)
+    return fleet
+
+
+def stop_fleet(fleet: list[GatewayProcess]) -> None:
+    for replica in fleet:
+        if replica.process is not None and replica.process.poll() is None:
+            replica.stop()
+
+
+async def ask(session: aiohttp.ClientSession, url: str, prompt: str) -> tuple[int, str, bytes]:
+    body = {"model": "standin", "prompt": prompt, "max_tokens": 8, "temperature": 0}
+    async with session.post(f"{url}/runs/{RUN}/v1/completions", json=body) as response:
+        return response.status, response.headers.get("X-Cache", ""), await response.read()
+
+
+def workload(distinct: int, duplicates: int, seed: int = 14) -> list[str]:
+    prompts = [f"prompt {i}" for i in range(distinct)]
+    rng = random.Random(seed)
+    mixed = prompts + [rng.choice(prompts) for _ in range(duplicates)]
+    rng.shuffle(mixed)
+    return mixed
+
+
+async def health(session: aiohttp.ClientSession, replica: GatewayProcess) -> dict[str, object]:
+    async with session.get(replica.url + "/healthz") as response:
+        return orjson.loads(await response.read())  # type: ignore[no-any-return]
+
+
+def recorded_keys(replica: GatewayProcess) -> set[str]:
+    shards = shard_paths(run_dir(replica.cache_dir, RUN))
+    return {r["key"] for r in read_records(shards) if r.get("status") == 200}
+
+
+async def test_three_replicas_call_the_upstream_once_per_distinct_key_and_share_every_answer(
+    tmp_path: Path, standin: StandInProcess, redis_url: str, session: aiohttp.ClientSession
+) -> None:
+    fleet = await start_fleet(tmp_path, standin, redis_url, session)
+    try:
+        prompts = workload(distinct=210, duplicates=90)
+        replies = await asyncio.gather(
+            *(ask(session, fleet[i % REPLICAS].url, p) for i, p in enumerate(prompts))
+        )
+        assert all(status == 200 for status, _, _ in replies), [r for r in replies if r[0] != 200][:3]
+        stats = await standin.stats(session)
+        assert stats["total"] == 210, f"{stats['total']} upstream calls for 210 distinct keys"
+        assert max(stats["calls"].values()) == 1
+        # Every answer given by one replica is a hit on the others, and the same answer.
+        answers = {p: body for p, (_, _, body) in zip(prompts, replies, strict=True)}
+        for i, prompt in enumerate(sorted(answers)):
+            status, served, body = await ask(session, fleet[(i + 1) % REPLICAS].url, prompt)
+            assert (status, served) == (200, "hit"), (prompt, status, served)
+            assert orjson.loads(body)["id"] == orjson.loads(answers[prompt])["id"]
+        assert (await standin.stats(session))["total"] == 210
+        detail = await health(session, fleet[0])
+        assert detail["state"] == detail["state"] | {"backend": "redis", "shared": True}  # type: ignore[operator]
+    finally:
+        stop_fleet(fleet)
+
+
+async def test_an_rpm_limit_holds_for_the_three_replicas_together(
+    tmp_path: Path, standin: StandInProcess, redis_url: str, session: aiohttp.ClientSession
+) -> None:
+    """rpm 600: the fleet's bucket holds 600, refilling 10/s. Alone, each replica would let 600 go at once."""
+    fleet = await start_fleet(tmp_path, standin, redis_url, session, rpm=600)
+    try:
+        prompts = [f"limited {i}" for i in range(660)]
+        started = time.monotonic()
+        arrivals: list[float] = []
+
+        async def one(i: int, prompt: str) -> int:
+            status, _, _ = await ask(session, fleet[i % REPLICAS].url, prompt)
+            arrivals.append(time.monotonic() - started)
+            return status
+
+        statuses = await asyncio.gather(*(one(i, p) for i, p in enumerate(prompts)))
+        assert statuses.count(200) == len(prompts), f"client 429s/errors: {set(statuses)}"
+        # The first 600 go at once; the other 60 wait for the refill at 10/s: about 6 s, not 0.
+        within_first_s = sum(1 for t in arrivals if t < 1.0)
+        assert within_first_s <= 600 * 1.03 + 10, within_first_s
+        assert arrivals[-1] >= 60 / 10 * 0.9, f"660 requests in {arrivals[-1]:.1f}s: the limit did not hold"
+        assert (await standin.stats(session))["total"] == 660
+    finally:
+        stop_fleet(fleet)
+
+
+async def test_a_killed_replica_loses_no_acknowledged_answer_and_its_leases_expire(
+    tmp_path: Path, standin: StandInProcess, redis_url: str, session: aiohttp.ClientSession
+) -> None:
+    fleet = await start_fleet(tmp_path, standin, redis_url, session)
+    try:
+        # A held call on replica 0 takes the key's lease; replica 1 asks for the same key and waits.
+        held = asyncio.ensure_future(ask(session, fleet[0].url, "hold: slow"))
+        await _until_in_flight(session, standin, 1)
+        follower = asyncio.ensure_future(ask(session, fleet[1].url, "hold: slow"))
+        acknowledged = await asyncio.gather(*(ask(session, fleet[0].url, f"before {i}") for i in range(30)))
+        assert all(status == 200 for status, _, _ in acknowledged)
+        fleet[0].kill9()
+        with pytest.raises(aiohttp.ClientError):
+            await held
+        # Its lease expires (lease_s 2); the follower moves on and calls the upstream itself.
+        await standin.release(session)
+        status, served, _ = await asyncio.wait_for(follower, 30)
+        assert (status, served) == (200, "miss")
+        # Every answer it acknowledged is in its shard and a hit on the others.
+        assert {f"before {i}" for i in range(30)} <= {
+            r["request"]["prompt"] for r in _records(fleet[0]) if r.get("status") == 200
+        }
+        for i in range(30):
+            status, served, _ = await ask(session, fleet[2].url, f"before {i}")
+            assert (status, served) == (200, "hit")
+    finally:
+        stop_fleet(fleet)
+
+
+async def test_redis_stopped_mid_load_the_replicas_keep_answering_and_recording_then_share_again(
+    tmp_path: Path,
+    standin: StandInProcess,
+    redis_url: str,
+    redis_server: RedisServer,
+    session: aiohttp.ClientSession,
+) -> None:
+    fleet = await start_fleet(tmp_path, standin, redis_url, session)
+    try:
+        first = await asyncio.gather(*(ask(session, fleet[i % 3].url, f"up {i}") for i in range(60)))
+        redis_server.stop()
+        during = await asyncio.gather(*(ask(session, fleet[i % 3].url, f"down {i}") for i in range(60)))
+        assert all(status == 200 for status, _, _ in first + during)
+        detail = await health(session, fleet[0])
+        assert detail["state"]["shared"] is False  # type: ignore[index]
+        async with session.get(fleet[0].url + "/metrics") as response:
+            assert 'replaygate_state_shared{backend="redis"} 0.0' in (await response.text())
+        recorded = set().union(*(recorded_keys(r) for r in fleet))
+        assert len(recorded) == 120, "an answer acknowledged while Redis was down was not recorded"
+        redis_server.start()
+        for replica in fleet:
+            await _until_shared(session, replica)
+        await ask(session, fleet[0].url, "after")
+        status, served, _ = await ask(session, fleet[1].url, "after")
+        assert (status, served) == (200, "hit")
+    finally:
+        stop_fleet(fleet)
+
+
+async def _until(condition: object, deadline_s: float, what: str) -> None:
+    from tests.processes import until
+
+    await until(condition, deadline_s, what)
+
+
+def _records(replica: GatewayProcess) -> list[dict[str, object]]:
+    return list(read_records(shard_paths(run_dir(replica.cache_dir, RUN))))
+
+
+async def _until_in_flight(session: aiohttp.ClientSession, standin: StandInProcess, count: int) -> None:
+    from tests.processes import until
+
+    async def reached() -> bool:
+        return bool((await standin.stats(session))["in_flight"] >= count)
+
+    await until(reached, 10, f"{count} call(s) in flight at the stand-in")
+
+
+async def _until_shared(session: aiohttp.ClientSession, replica: GatewayProcess) -> None:
+    from tests.processes import until
+
+    async def shared() -> bool:
+        return bool((await health(session, replica))["state"]["shared"])  # type: ignore[index]
+
+    await until(shared, 10, f"{replica.url} to share state again")
+
+
+class WorkersProcess(GatewayProcess):
+    """``gateway serve --workers N``."""
+
+    def __init__(self, workers: int, *args: object) -> None:
+        super().__init__(*args)  # type: ignore[arg-type]
+        self.workers = workers
+
+    def start(self, preexec_fn: object = None) -> None:
+        import subprocess
+        import sys
+
+        from tests.processes import REPO
+
+        command = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(self.config)]
+        command += ["--port", str(self.port), "--cache-dir", str(self.cache_dir), "--quiet"]
+        command += ["--workers", str(self.workers)]
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=log)
+
+
+@pytest.mark.parametrize("backend", ["local", "redis"])
+async def test_serve_workers_serves_one_port_from_several_processes_each_with_its_own_shards(
+    backend: str,
+    tmp_path: Path,
+    standin: StandInProcess,
+    redis_server: RedisServer,
+    session: aiohttp.ClientSession,
+) -> None:
+    config = gateway_config(tmp_path / "gateway.yaml", standin.api_base)
+    if backend == "redis":
+        redis_server.flush()
+        config.write_text(
+            f"state: {{backend: redis, url: '{redis_server.url}', {STATE_TIMING}}}\n" + config.read_text()
+        )
+    server = WorkersProcess(2, config, tmp_path / "store", tmp_path / "gateway.log")
+    server.start()
+    try:
+        await server.wait_healthy(session)
+
+        async def all_serving() -> bool:
+            return server.log.read_text().count("gateway: serving") == 2
+
+        await _until(all_serving, 30, "both workers to listen")
+        # New connections each time: the kernel spreads connections, not requests, between workers.
+        prompts = workload(distinct=40, duplicates=20)
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as fresh:
+            replies = await asyncio.gather(*(ask(fresh, server.url, p) for p in prompts))
+            detail = await health(fresh, server)
+        assert all(status == 200 for status, _, _ in replies)
+        shards = shard_paths(run_dir(server.cache_dir, RUN))
+        assert len(shards) == 2, [s.name for s in shards]  # both workers served, each in its own shard
+        if backend == "redis":
+            assert (await standin.stats(session))["total"] == 40  # one single-flight for both workers
+            assert detail["state"]["shared"] is True  # type: ignore[index]
+        else:
+            assert "single-flight" in detail["state"]["per_process"]  # type: ignore[index]
+        assert "workers on port" in server.log.read_text()
+    finally:
+        server.stop()
