@@ -339,3 +339,17 @@ async def test_the_local_engine_answers_a_batch_from_the_real_model(
     assert relay.total - calls == 2  # the two distinct misses, each once
     for prompt in prompts:
         assert (await gateway.post("/v1/completions", completion(prompt))).headers["X-Cache"] == "hit"
+
+
+def test_the_batch_price_is_half_the_online_one_unless_the_config_says_otherwise() -> None:
+    from gateway.pricing import resolve_price
+
+    def price(cost: str) -> Any:
+        config = parse_config(model_yaml("http://127.0.0.1:9/v1", cost=cost), "test config")
+        return resolve_price(config.models[0])
+
+    half = price("{input_per_mtok: 2.0, output_per_mtok: 4.0}")
+    assert half.of(1_000_000, 1_000_000) == 6.0
+    assert half.of(1_000_000, 1_000_000, batch=True) == 3.0
+    quarter = price("{input_per_mtok: 2.0, output_per_mtok: 4.0, batch_price_factor: 0.25}")
+    assert quarter.of(1_000_000, 1_000_000, batch=True) == 1.5

@@ -111,10 +111,12 @@ class BatchLane:
         allow: Callable[[str], None],
         completion_window: str = "24h",
         metadata: dict[str, Any] | None = None,
+        pinned_sample: int | None = None,
     ) -> BatchJob:
         """A new job over the uploaded ``input_file_id``: its hits answered now, its misses on their way.
 
-        ``allow`` raises (a 403) for a model the caller may not use.
+        ``allow`` raises (a 403) for a model the caller may not use; ``pinned_sample``
+        names the sample every sampling line is (as ``X-Sample-Index`` does online).
         """
         meta = self.files.get(input_file_id)
         if meta is None or meta.get("run_id") != run_id:
@@ -149,7 +151,7 @@ class BatchLane:
                     "model_not_found",
                 )
             allow(model.name)
-            call = await self._new_call(run_id, endpoint, model, body)
+            call = await self._new_call(run_id, endpoint, model, body, pinned_sample)
             if call.key not in job.requests:
                 cached = await self.pipeline.index.aget(call.key) or self.pipeline.index.recent(call.key)
                 if cached is not None:
@@ -179,7 +181,9 @@ class BatchLane:
         self._wake.set()
         return self.journal.load(job.id) or job
 
-    async def _new_call(self, run_id: str, endpoint: str, model: ModelConfig, body: dict[str, Any]) -> Call:
+    async def _new_call(
+        self, run_id: str, endpoint: str, model: ModelConfig, body: dict[str, Any], pinned: int | None
+    ) -> Call:
         """The online call a line stands for: the same key, the next sample of a sampling request."""
         try:
             key = request_key(endpoint, model.key_namespace, body, None)
@@ -188,7 +192,7 @@ class BatchLane:
         metadata = body.get("metadata")
         task = metadata.get("task") if isinstance(metadata, dict) else None
         call = Call(run_id, endpoint, model, body, key, task=task if isinstance(task, str) else None)
-        return await self.pipeline.sample(call) if is_sampled(endpoint, body) else call
+        return await self.pipeline.sample(call, pinned) if is_sampled(endpoint, body) else call
 
     def _call(self, job: BatchJob, request: Request) -> Call:
         model = self.config.model(request.model)

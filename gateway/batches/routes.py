@@ -11,7 +11,7 @@ from gateway.auth import check
 from gateway.batches.lane import BatchLane
 from gateway.endpoints import Endpoint, validate_body
 from gateway.errors import GatewayError, bad_request
-from gateway.handlers import JSON, Handlers, read_json, run_of
+from gateway.handlers import JSON, Handlers, read_json, run_of, sample_index
 
 
 def _json(data: Any) -> web.Response:
@@ -110,6 +110,7 @@ class BatchRoutes:
             lambda model: check(grant, model, run_id),
             body.get("completion_window") or "24h",
             body.get("metadata"),
+            sample_index(request.headers.get("X-Sample-Index")),  # one sample index for every line
         )
         return _json(job.as_batch())
 
