@@ -20,7 +20,7 @@ from cache.keys import canonical_fields
 from cache.records import read_records, shard_paths
 from cache.runs import list_runs, run_dir
 
-STORED = frozenset({"miss", "batched"})  # records whose answer went into the cache
+STORED = frozenset({"miss", "batched", "batch"})  # records whose answer went into the cache
 
 
 class NoSuchRequest(LookupError):

@@ -40,7 +40,7 @@ Out = TypeVar("Out")
 
 # Records whose response is a fresh upstream answer; hits and coalesced
 # records are copies and add nothing to a rebuild.
-INDEXED_SERVED = frozenset({"miss", "batched"})
+INDEXED_SERVED = frozenset({"miss", "batched", "batch"})
 
 
 class ResponseIndex:

@@ -15,6 +15,8 @@ from cache.index import ResponseIndex
 from cache.private import keep_private
 from cache.records import RecordWriter
 from gateway.auth import Grant, KeyRing
+from gateway.batches.lane import BatchLane
+from gateway.batches.routes import BatchRoutes
 from gateway.config import GatewayConfig
 from gateway.dashboard import Dashboard
 from gateway.endpoints import ENDPOINTS, Endpoint, roots_of
@@ -37,6 +39,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 PIPELINE = web.AppKey("pipeline", Pipeline)
 METRICS = web.AppKey("metrics", Metrics)
+BATCHES = web.AppKey("batches", BatchLane)
 
 
 REDACTOR = web.AppKey("redactor", Redactor)
@@ -72,9 +75,10 @@ def create_app(config: GatewayConfig) -> web.Application:
     answer_parser_errors_in_json(app)
     keys = KeyRing({k.sha256: Grant(k.name, frozenset(k.models), tuple(k.runs)) for k in config.keys})
     handlers = Handlers(config, keys, redactor)
+    batch_routes = BatchRoutes(handlers)
     app[METRICS] = Metrics()
-    _add_routes(app, handlers, app[METRICS])
-    app.cleanup_ctx.append(partial(_resources, config, handlers, redactor))
+    _add_routes(app, handlers, batch_routes, app[METRICS])
+    app.cleanup_ctx.append(partial(_resources, config, handlers, batch_routes, redactor))
     app.on_shutdown.append(partial(_drain_upstream_work, config))  # before cleanup closes the stores
     return app
 
@@ -86,7 +90,13 @@ async def _drain_upstream_work(config: GatewayConfig, app: web.Application) -> N
         await pipeline.drain(config.shutdown_timeout_s)
 
 
-async def _resources(config: GatewayConfig, handlers: Handlers, redactor: Redactor, app: web.Application):  # type: ignore[no-untyped-def]
+async def _resources(  # type: ignore[no-untyped-def]
+    config: GatewayConfig,
+    handlers: Handlers,
+    batch_routes: BatchRoutes,
+    redactor: Redactor,
+    app: web.Application,
+):
     keep_private()  # before the first folder, shard, index file or launch log is created
     config.cache_dir.mkdir(parents=True, exist_ok=True)
     session = aiohttp.ClientSession(
@@ -113,7 +123,10 @@ async def _resources(config: GatewayConfig, handlers: Handlers, redactor: Redact
         )
         metrics.watch(upstreams)
         metrics.registry.register(StateCollector(state))
+        batch_routes.lane = app[BATCHES] = BatchLane(config, handlers.pipeline, session)
+        await app[BATCHES].start()  # resumes the batches a previous gateway left unfinished
         yield
+        await app[BATCHES].stop()
         for model_upstream in upstreams.values():
             await model_upstream.close()
     finally:
@@ -125,7 +138,9 @@ async def _resources(config: GatewayConfig, handlers: Handlers, redactor: Redact
         await state.close()
 
 
-def _add_routes(app: web.Application, handlers: Handlers, metrics: Metrics) -> None:
+def _add_routes(
+    app: web.Application, handlers: Handlers, batch_routes: BatchRoutes, metrics: Metrics
+) -> None:
     """A route per row of the endpoint table, at the root and (where it says so) under every run."""
     router = app.router
 
@@ -134,7 +149,11 @@ def _add_routes(app: web.Application, handlers: Handlers, metrics: Metrics) -> N
 
     own = {"metrics": serve_metrics}
     for endpoint in ENDPOINTS:
-        handler = own.get(endpoint.handler) or getattr(handlers, endpoint.handler)
+        handler = (
+            own.get(endpoint.handler)
+            or getattr(handlers, endpoint.handler, None)
+            or getattr(batch_routes, endpoint.handler)
+        )
         for root in roots_of(endpoint):
             router.add_route(endpoint.method, root + endpoint.path, partial(handler, endpoint))
     Dashboard(handlers.config.cache_dir).add_routes(router)

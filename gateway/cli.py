@@ -225,7 +225,7 @@ def report(run_id: str, fmt: str, by: str, output: Path | None, cache_dir: Path)
 
 @main.command("log")
 @click.argument("run_id")
-@click.option("--served", multiple=True, help="hit, miss, coalesced or batched (repeatable).")
+@click.option("--served", multiple=True, help="hit, miss, coalesced, batched or batch (repeatable).")
 @click.option("--status", multiple=True, help="503, 5xx, ok, error, or an error code (repeatable).")
 @click.option("--model", multiple=True, help="A model name as the client asked for it (repeatable).")
 @click.option("--task", multiple=True, help="A task (X-Task or metadata.task; - for none; repeatable).")

@@ -75,6 +75,25 @@ class CostConfig(_Strict):
 
     input_per_mtok: float = Field(default=0.0, ge=0)
     output_per_mtok: float = Field(default=0.0, ge=0)
+    # What an answer through the batch lane costs, as a share of the online price.
+    batch_price_factor: float = Field(default=0.5, ge=0, le=1)
+
+
+class BatchConfig(_Strict):
+    """How the batch lane (``/v1/batches``) sends a model's misses.
+
+    ``engine: upstream`` submits them to the provider's own OpenAI-compatible
+    ``/v1/files`` + ``/v1/batches``, split to respect its limits per file;
+    ``engine: local`` runs them through the gateway's own pipeline, a few at a
+    time, for servers without a batch API (vLLM's). Unset, a local upstream
+    gets the local engine and a remote one the upstream's batch API.
+    """
+
+    engine: Literal["upstream", "local"] | None = None
+    max_lines: int = Field(default=50_000, ge=1)  # OpenAI: 50,000 requests per batch
+    max_bytes: int = Field(default=190 * 1024 * 1024, ge=1024)  # OpenAI: 200 MB per input file
+    poll_interval_s: float = Field(default=30.0, gt=0)
+    local_concurrency: int = Field(default=2, ge=1)
 
 
 class ModelConfig(_Strict):
@@ -99,6 +118,7 @@ class ModelConfig(_Strict):
     cost: CostConfig | None = None  # None: litellm's price map, or free when the upstream is local
     # Deployments sharing a namespace share cache entries; unset, each deployment has its own.
     cache_namespace: str | None = Field(default=None, min_length=1, max_length=200)
+    batch: BatchConfig = BatchConfig()
 
     @field_validator("cost", mode="before")
     @classmethod

@@ -125,6 +125,18 @@ DETOKENIZE_BODY = {
     "required": ["tokens"],
     "properties": {"model": _MODEL, "tokens": {"type": "array", "items": {"type": "integer"}}},
 }
+# Endpoints the batch lane answers: one answer per request, cached by key as online.
+BATCH_ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/responses")
+BATCH_BODY = {
+    "type": "object",
+    "required": ["input_file_id", "endpoint"],
+    "properties": {
+        "input_file_id": {"type": "string", "minLength": 1},
+        "endpoint": {"enum": list(BATCH_ENDPOINTS)},
+        "completion_window": {"type": ["string", "null"]},
+        "metadata": {"type": ["object", "null"], "additionalProperties": {"type": "string"}},
+    },
+}
 
 
 @dataclass(frozen=True)
@@ -159,6 +171,17 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("/tokenizer_info", "GET", "tokenizer", "The model's tokenizer, as vLLM describes it"),
     Endpoint("/tokenize", "POST", "tokenizer", "Text to token ids, cached", TOKENIZE_BODY),
     Endpoint("/detokenize", "POST", "tokenizer", "Token ids to text, cached", DETOKENIZE_BODY),
+    # The batch lane (gateway.batches): OpenAI's file and batch API, answered from the cache first.
+    Endpoint("/v1/files", "POST", "upload_file", "Upload a batch input file (multipart: purpose, file)"),
+    Endpoint("/v1/files", "GET", "list_files", "The run's files"),
+    Endpoint("/v1/files/{file_id}", "GET", "get_file", "One file"),
+    Endpoint("/v1/files/{file_id}/content", "GET", "file_content", "A file's JSONL", json=False),
+    Endpoint(
+        "/v1/batches", "POST", "create_batch", "Start a batch: cached lines now, misses sent once", BATCH_BODY
+    ),
+    Endpoint("/v1/batches", "GET", "list_batches", "The run's batches"),
+    Endpoint("/v1/batches/{batch_id}", "GET", "get_batch", "One batch, polled"),
+    Endpoint("/v1/batches/{batch_id}/cancel", "POST", "cancel_batch", "Cancel a batch"),
 )
 
 # Where the per-run endpoints are served: the root, a run's root, and a model's root in either,
@@ -171,7 +194,8 @@ def roots_of(endpoint: Endpoint) -> tuple[str, ...]:
     return ROOTS if endpoint.per_run else ("",)
 
 
-BY_PATH = {e.path: e for e in ENDPOINTS}
+# A path served by two methods (``/v1/batches``) is known by the row that takes a body: the validator's.
+BY_PATH = {e.path: e for e in sorted(ENDPOINTS, key=lambda e: e.body is not None)}
 # Tokenizer calls are cheap look-ups: reports count them apart from the answers they help build.
 TOKENIZER_ENDPOINTS = frozenset(e.path for e in ENDPOINTS if e.handler == "tokenizer")
 

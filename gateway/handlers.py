@@ -114,6 +114,10 @@ class Handlers:
 
     # -- helpers ----------------------------------------------------------------
 
+    def grant(self, request: web.Request) -> Grant | None:
+        """The caller's grant (for the batch routes); 401 when keys are configured and none is valid."""
+        return self._grant(request)
+
     def _grant(self, request: web.Request) -> Grant | None:
         """The caller's grant; 401 when keys are configured and none valid is presented."""
         grant = self.keys.grant_for(request.headers)

@@ -64,7 +64,7 @@ from prometheus_client.registry import Collector
 
 from gateway.upstream import Upstream
 
-PAID = frozenset({"miss", "batched"})
+PAID = frozenset({"miss", "batched", "batch"})
 LATENCY_BUCKETS = (
     0.0005,
     0.001,
@@ -90,6 +90,7 @@ SERVED_COUNTERS = {
     "miss": ("replaygate_cache_misses_metric", "Requests that called the upstream themselves"),
     "coalesced": ("replaygate_cache_coalesced_metric", "Requests that shared an identical in-flight call"),
     "batched": ("replaygate_batched_requests_metric", "Requests sent upstream in a micro-batch"),
+    "batch": ("replaygate_batch_lane_requests_metric", "Requests answered through the batch lane"),
 }
 
 

@@ -44,7 +44,7 @@ from gateway.usage_memo import UsageMemo
 log = logging.getLogger("gateway.pipeline")
 
 CacheMode = Literal["use", "refresh", "bypass"]
-Served = Literal["miss", "hit", "coalesced", "batched"]
+Served = Literal["miss", "hit", "coalesced", "batched", "batch"]
 
 _END = object()
 # Endpoints whose streams report usage only when asked (the Responses API always does).
@@ -243,6 +243,25 @@ class Pipeline:
             await self.index.aset(call.key, body)
         except (OSError, sqlite3.Error) as exc:  # e.g. a full disk: the kept record still stands
             log.warning("index write failed (%s); `gateway cache rebuild` restores it from the records", exc)
+
+    async def settle_batch(
+        self,
+        call: Call,
+        served: Served,
+        started: float,
+        *,
+        body: bytes | None = None,
+        data: Any = None,
+        error: GatewayError | None = None,
+    ) -> None:
+        """Record one line the batch lane answered; a fresh ``batch`` answer is also indexed, like a miss."""
+        if error is not None or body is None:
+            await self._record(call, served, started, error=error)
+        elif served == "batch":
+            attempts = Attempts(count=1)
+            await self._store(call, served, started, body, call.upstream_body(), attempts, data)
+        else:
+            await self._record(call, served, started, body=body)
 
     # -- embeddings ------------------------------------------------------------
 

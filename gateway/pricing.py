@@ -30,7 +30,8 @@ from gateway.tokens import input_tokens, trusted_usage
 
 log = logging.getLogger("gateway.pricing")
 
-PAID = frozenset({"miss", "batched"})
+PAID = frozenset({"miss", "batched", "batch"})
+BATCH_PRICE_FACTOR = 0.5  # OpenAI's and Anthropic's batch APIs answer at half the online price
 _LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "0.0.0.0", "host.docker.internal"}
 _PRICE_MAP_FILE = "model_prices_and_context_window_backup.json"
 
@@ -42,10 +43,24 @@ class Price:
     input_per_token: float
     output_per_token: float
     source: str
+    batch_input_per_token: float | None = None  # None: BATCH_PRICE_FACTOR of the online price
+    batch_output_per_token: float | None = None
 
-    def of(self, prompt_tokens: int, completion_tokens: int) -> float:
-        """The cost of that many tokens, rounded to a billionth of a dollar."""
-        return round(prompt_tokens * self.input_per_token + completion_tokens * self.output_per_token, 9)
+    def of(self, prompt_tokens: int, completion_tokens: int, batch: bool = False) -> float:
+        """The cost of that many tokens (at the batch price when ``batch``), to a billionth of a dollar."""
+        per_in, per_out = self.input_per_token, self.output_per_token
+        if batch:
+            per_in = (
+                self.batch_input_per_token
+                if self.batch_input_per_token is not None
+                else per_in * BATCH_PRICE_FACTOR
+            )
+            per_out = (
+                self.batch_output_per_token
+                if self.batch_output_per_token is not None
+                else per_out * BATCH_PRICE_FACTOR
+            )
+        return round(prompt_tokens * per_in + completion_tokens * per_out, 9)
 
 
 @lru_cache(maxsize=1)
@@ -75,7 +90,12 @@ def is_local(model: ModelConfig) -> bool:
 def resolve_price(model: ModelConfig) -> Price | None:
     """The price of ``model``'s tokens, or None when nothing says what it is."""
     if model.cost is not None:
-        return Price(model.cost.input_per_mtok / 1e6, model.cost.output_per_mtok / 1e6, "config")
+        per_in, per_out, factor = (
+            model.cost.input_per_mtok / 1e6,
+            model.cost.output_per_mtok / 1e6,
+            model.cost.batch_price_factor,
+        )
+        return Price(per_in, per_out, "config", per_in * factor, per_out * factor)
     if is_local(model):
         return Price(0.0, 0.0, "local")
     target = model.target_model
@@ -83,10 +103,16 @@ def resolve_price(model: ModelConfig) -> Price | None:
     for name in (target, target.split("/", 1)[-1]):
         entry = prices.get(name)
         if isinstance(entry, dict) and "input_cost_per_token" in entry:
+            batch_in, batch_out = (
+                entry.get("input_cost_per_token_batches"),
+                entry.get("output_cost_per_token_batches"),
+            )
             return Price(
                 float(entry.get("input_cost_per_token") or 0.0),
                 float(entry.get("output_cost_per_token") or 0.0),
                 "litellm",
+                float(batch_in) if batch_in is not None else None,  # litellm's batch rates, where it has them
+                float(batch_out) if batch_out is not None else None,
             )
     return None
 
@@ -124,7 +150,8 @@ class Costs:
         An upstream's ``usage`` with counts that are not counts (see
         :func:`gateway.tokens.trusted_usage`) is replaced by the gateway's own.
 
-        A miss or batched answer paid its tokens; a hit or coalesced answer
+        A miss or batched answer paid its tokens (a ``batch`` one at the batch
+        price); a hit or coalesced answer
         paid nothing and saved what a miss would have cost. Failures cost 0.
         """
         fields: dict[str, Any] = {}
@@ -140,7 +167,7 @@ class Costs:
         if price is None:
             cost: float | None = None
         elif usage is not None:
-            cost = price.of(usage["prompt_tokens"], usage["completion_tokens"])
+            cost = price.of(usage["prompt_tokens"], usage["completion_tokens"], record["served"] == "batch")
         else:
             cost = 0.0
         if record["served"] in PAID:

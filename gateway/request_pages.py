@@ -302,7 +302,7 @@ def _filter_form(q: Any) -> str:
     served = q.get("served", "")
     options = "".join(
         f'<option value="{v}"{" selected" if served == v else ""}>{v or "any"}</option>'
-        for v in ("", "hit", "miss", "coalesced", "batched")
+        for v in ("", "hit", "miss", "coalesced", "batched", "batch")
     )
     return (
         '<form class="filters" method="get">'

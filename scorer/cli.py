@@ -126,6 +126,12 @@ def main() -> None:
     show_default=True,
     help="Bootstrap resamples for corpus metrics' stderr (as lm-eval: at most 100 for bleu/chrf/ter).",
 )
+@click.option(
+    "--batch",
+    is_flag=True,
+    help="Send each round through the gateway's batch lane (half price upstream); returns once submitted: "
+    "run again (or `scorer status RUN`) for progress, then it goes on.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the results JSON instead of the table.")
 @cache_dir_option
 @include_option
@@ -145,11 +151,13 @@ def run_command(
     concurrency: int,
     lmeval_mode: str,
     bootstrap_iters: int,
+    batch: bool,
     as_json: bool,
     cache_dir: Path | None,
     include_paths: tuple[Path, ...],
 ) -> None:
     """Generate TASK[,TASK…] through the gateway under --run-id, then score (unless --predict-only)."""
+    from scorer.batch_client import BatchPending
     from scorer.groups import resolve_selection
     from scorer.runner import RunOptions, run  # the HTTP client: only this command loads it
     from scorer.store import RunFolder
@@ -175,8 +183,16 @@ def run_command(
         seed=seed,
         concurrency=concurrency,
         lmeval_mode=lmeval_mode,
+        batch=batch,
     )
-    report = asyncio.run(run(options))
+    try:
+        report = asyncio.run(run(options))
+    except BatchPending as pending:
+        click.echo(f"run {run_id}: batches pending: {pending}", err=True)
+        click.echo(
+            f"run {run_id}: run the same command again (or `scorer status {run_id}`) to go on", err=True
+        )
+        return
     sent = ", ".join(f"{k}: {v}" for k, v in report.sent.items()) or "nothing"
     if report.offline:
         click.echo(
@@ -190,6 +206,20 @@ def run_command(
         click.echo(f"run {run_id}: recorded; score it with `scorer score {run_id}`", err=True)
         return
     _score(options.cache_dir, run_id, None, None, bootstrap_iters, as_json)
+
+
+@main.command("status")
+@click.argument("run_id")
+@cache_dir_option
+@_reported
+def status_command(run_id: str, cache_dir: Path | None) -> None:
+    """The progress of RUN_ID's batches (`scorer run --batch`), one bar per batch."""
+    from scorer.batch_client import batch_status
+    from scorer.store import RunFolder
+
+    folder = RunFolder(cache_dir or default_cache_dir(), run_id)
+    for line in asyncio.run(batch_status(folder)):
+        click.echo(line)
 
 
 @main.command("score")

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from scorer.batch_client import BatchGatewayClient, BatchLedger
 from scorer.cache_client import CacheClient
 from scorer.client import GatewayClient
 from scorer.docs import load_docs
@@ -50,6 +51,7 @@ class RunOptions:
     concurrency: int = 8
     lmeval_mode: str = SEQUENTIAL  # which lm-eval path's stop sequences to match (see scorer.manifest)
     groups: dict[str, GroupConfig] = field(default_factory=dict)  # lm-eval groups over ``tasks``
+    batch: bool = False  # send the rounds through the gateway's batch lane (scorer.batch_client)
 
 
 @dataclass
@@ -144,7 +146,12 @@ async def run(options: RunOptions) -> RunReport:
     tasks = [_with_fewshot(t, options.num_fewshot) for t in options.tasks]
     prepared = [(t, *gather_documents(t, options.limit, options.seed)) for t in tasks]
     report = RunReport()
-    async with GatewayClient(options.gateway, options.run_id, options.concurrency) as live:
+    live_client = (
+        BatchGatewayClient(options.gateway, options.run_id, BatchLedger(folder.scorer), options.concurrency)
+        if options.batch
+        else GatewayClient(options.gateway, options.run_id, options.concurrency)
+    )
+    async with live_client as live:
         client: GatewayClient | CacheClient = live
         try:
             upstream_model, upstream = await live.model_names(options.model)

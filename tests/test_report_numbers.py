@@ -104,7 +104,7 @@ def test_free_models_cost_a_dash_and_one_request_has_no_rate(tmp_path: Path) -> 
     table = CliRunner().invoke(main, ["report", "mixed", "--cache-dir", str(tmp_path)]).output
     lines = {line.split()[0]: line for line in table.splitlines()[3:]}
     assert "0.009" in lines["paid"] and "0.009000" not in table
-    assert lines["local"].split()[10:12] == ["—", "—"]  # cost and saved of the free model
+    assert lines["local"].split()[11:14] == ["—", "—", "—"]  # cost, batch cost and saved of the free model
     assert "$0.000000" not in table and "0.000000" not in table
 
 

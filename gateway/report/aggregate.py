@@ -25,7 +25,7 @@ from gateway.endpoints import TOKENIZER_ENDPOINTS
 from gateway.report.quantiles import Latencies
 
 GroupBy = Literal["model", "task", "hour"]
-SERVED = ("miss", "hit", "coalesced", "batched")
+SERVED = ("miss", "hit", "coalesced", "batched", "batch")
 CACHED = frozenset({"hit", "coalesced"})
 NO_TASK = "-"
 # Latency histogram edges for the charts: 10 per decade from 10 µs to ~17 minutes.
@@ -50,6 +50,7 @@ class Group:
     tokens_out: int = 0
     usage_counted: int = 0
     cost_usd: float = 0.0
+    batch_cost_usd: float = 0.0  # the part of ``cost_usd`` paid through the batch lane
     cost_saved_usd: float = 0.0
     unpriced: int = 0
     attempts: int = 0
@@ -80,9 +81,11 @@ class Group:
         if record.get("usage_counted"):
             self.usage_counted += 1
         cost = record.get("cost_usd")
-        if cost is None and record.get("status") == 200 and served in ("miss", "batched"):
+        if cost is None and record.get("status") == 200 and served in ("miss", "batched", "batch"):
             self.unpriced += 1
         self.cost_usd += cost or 0.0
+        if served == "batch":
+            self.batch_cost_usd += cost or 0.0
         self.cost_saved_usd += record.get("cost_saved_usd") or 0.0
         self.attempts += record.get("attempts") or 0
         ts = record.get("ts")
@@ -90,7 +93,8 @@ class Group:
             self.first_ts = min(self.first_ts, ts)
             self.last_ts = max(self.last_ts, record.get("ts_end") or ts)
         latency = record.get("latency_ms")
-        if not tokenizer and isinstance(latency, int | float) and latency >= 0:
+        # A batch answer's latency is the batch's (hours): it would describe no online request.
+        if not tokenizer and served != "batch" and isinstance(latency, int | float) and latency >= 0:
             (self.cached_latency if served in CACHED else self.upstream_latency).add(latency)
 
     @property
@@ -135,6 +139,8 @@ class Group:
             "tokens_out": self.tokens_out,
             "usage_counted": self.usage_counted,
             "cost_usd": round(self.cost_usd, 9),
+            "cost_online_usd": round(self.cost_usd - self.batch_cost_usd, 9),
+            "cost_batch_usd": round(self.batch_cost_usd, 9),
             "cost_saved_usd": round(self.cost_saved_usd, 9),
             "free": self.free,
             "unpriced": self.unpriced,

@@ -166,7 +166,7 @@ TOTALS = (
     ("requests", lambda g: g.requests),
     ("tokenizer calls", lambda g: g.tokenizer_calls),
     ("hits", lambda g: g.served.get("hit", 0) + g.served.get("coalesced", 0)),
-    ("misses", lambda g: g.served.get("miss", 0) + g.served.get("batched", 0)),
+    ("misses", lambda g: g.served.get("miss", 0) + g.served.get("batched", 0) + g.served.get("batch", 0)),
     ("tokens in", lambda g: g.tokens_in),
     ("tokens out", lambda g: g.tokens_out),
     ("cost (USD)", lambda g: None if g.free else g.cost_usd),

@@ -18,7 +18,13 @@ from gateway.report.render import COLUMNS, NONE, cell, human, rows
 
 MAX_POINTS = 240  # time series longer than this are shown per hour instead of per minute
 COLOURS = {"cached": "#2a9d8f", "upstream": "#e76f51", "in": "#264653", "out": "#e9c46a"}
-SERVED_COLOURS = {"hit": "#2a9d8f", "coalesced": "#8ab17d", "miss": "#e76f51", "batched": "#f4a261"}
+SERVED_COLOURS = {
+    "hit": "#2a9d8f",
+    "coalesced": "#8ab17d",
+    "miss": "#e76f51",
+    "batched": "#f4a261",
+    "batch": "#e9c46a",
+}
 
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
@@ -62,6 +68,7 @@ def render_html(report: RunReport) -> str:
         ("hit ratio", f"{total.hit_ratio:.1%}"),
         ("tokens in / out", f"{total.tokens_in:,} / {total.tokens_out:,}"),
         ("cost (USD)", NONE if total.free else human(total.cost_usd)),
+        ("of which batch (USD)", NONE if total.free else human(total.batch_cost_usd)),
         ("saved (USD)", NONE if total.free else human(total.cost_saved_usd)),
         ("cached p50 / max ms", f"{cell(cached.quantile(0.5))} / {cell(cached.max)}"),
         (
@@ -173,7 +180,7 @@ def _cost(report: RunReport) -> str:
 
 def _served(report: RunReport) -> str:
     served = report.total.served
-    labels = [k for k in ("hit", "coalesced", "miss", "batched") if served.get(k)]
+    labels = [k for k in ("hit", "coalesced", "miss", "batched", "batch") if served.get(k)]
     labels += sorted(k for k in served if k not in labels)
     return bar_chart(
         "chart-served",
