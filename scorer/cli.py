@@ -126,6 +126,13 @@ def main() -> None:
     show_default=True,
     help="Bootstrap resamples for corpus metrics' stderr (as lm-eval: at most 100 for bleu/chrf/ter).",
 )
+@click.option(
+    "--judge-only",
+    is_flag=True,
+    help="Judge the answers already in the run with each task's judge: as the task file says now "
+    "(prompt, kind, model); only judge calls are sent.",
+)
+@click.option("--judge-model", default=None, help="Judge with this model (one the gateway serves).")
 @click.option("--json", "as_json", is_flag=True, help="Print the results JSON instead of the table.")
 @cache_dir_option
 @include_option
@@ -145,6 +152,8 @@ def run_command(
     concurrency: int,
     lmeval_mode: str,
     bootstrap_iters: int,
+    judge_only: bool,
+    judge_model: str | None,
     as_json: bool,
     cache_dir: Path | None,
     include_paths: tuple[Path, ...],
@@ -173,6 +182,8 @@ def run_command(
         seed=seed,
         concurrency=concurrency,
         lmeval_mode=lmeval_mode,
+        judge_only=judge_only,
+        judge_model=judge_model,
     )
     report = asyncio.run(run(options))
     sent = ", ".join(f"{k}: {v}" for k, v in report.sent.items()) or "nothing"

@@ -50,6 +50,7 @@ class Manifest:
     lmeval_mode: str = "concurrent"  # which lm-eval path's stop sequences (older manifests: concurrent)
     eos_string: str | None = None  # the tokenizer's EOS string (sequential mode adds it to stop)
     tasks: dict[str, TaskEntry] = field(default_factory=dict)
+    judge_namespaces: dict[str, str] = field(default_factory=dict)  # judge model → its cache namespace
     rounds: dict[str, list[str]] = field(default_factory=lambda: {"train": [], "eval": []})
     created: float = field(default_factory=time.time)
     schema: int = MANIFEST_SCHEMA
