@@ -252,8 +252,19 @@ def _score(
         click.echo(orjson.dumps(outcome.document, option=orjson.OPT_INDENT_2).decode())
     else:
         click.echo(outcome.table)
+    for task, rounds in outcome.document.get("rounds", {}).items():
+        if rounds["judge"]["requests"]:  # judged: what each round cost, side by side
+            click.echo(f"{task}: " + "; ".join(_usage_line(n, u) for n, u in rounds.items()), err=True)
     if outcome.results_path is not None:
         click.echo(f"results: {outcome.results_path}", err=True)
+
+
+def _usage_line(name: str, usage: dict[str, Any]) -> str:
+    """One round's recorded usage in a few words."""
+    return (
+        f"{name} {usage['requests']} requests ({usage['upstream_calls']} upstream), "
+        f"{usage['prompt_tokens']}+{usage['completion_tokens']} tokens, ${usage['cost_usd']:.6f}"
+    )
 
 
 @main.command("tasks")
