@@ -280,7 +280,9 @@ def tasks_command(include_paths: tuple[Path, ...]) -> None:
         try:
             task = load_task_file(path)
             size = str(len(load_docs(task.raw["dataset"], task.raw["eval_split"], f"task {name}")))
-            rows.append((name, task.output_type, size, ", ".join(m.name for m in task.metrics), str(path)))
+            judged = [f"judge: {task.raw['judge']['kind']}"] if task.raw.get("judge") else []
+            metrics = ", ".join([m.name for m in task.metrics] + judged)
+            rows.append((name, task.output_type, size, metrics, str(path)))
         except BadInput as exc:
             rows.append((name, "?", "?", f"error: {exc}", str(path)))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
