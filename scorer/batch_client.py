@@ -94,8 +94,13 @@ class BatchGatewayClient(GatewayClient):
         created = await self.request_json("POST", "/v1/batches", json=batch, headers={"X-Sample-Index": "0"})
         return str(created["id"])
 
-    async def send(self, requests: Iterable[Request], desc: str) -> dict[str, dict[str, Any]]:
-        """The round's answers by key, once its batches are done; else :class:`BatchPending`."""
+    async def send(
+        self, requests: Iterable[Request], desc: str, label: str | None = None
+    ) -> dict[str, dict[str, Any]]:
+        """The round's answers by key, once its batches are done; else :class:`BatchPending`.
+
+        (``label`` is the online ``X-Task``; a batch's lines are recorded under the run without it.)
+        """
         distinct = {r.key: r for r in requests}
         rounds = self.ledger.read()
         entry = rounds.get(desc)

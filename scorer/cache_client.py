@@ -44,7 +44,17 @@ class CacheClient:
         return found
 
     async def model_names(self, model: str) -> tuple[str, str]:
-        """``model``'s upstream name and cache namespace, as the run's manifest recorded them."""
+        """``model``'s upstream name and cache namespace, as the run's manifest recorded them.
+
+        A judge model has only its namespace recorded; it stands for its upstream name too.
+        """
+        if (
+            self.manifest is not None
+            and self.manifest.model != model
+            and model in self.manifest.judge_namespaces
+        ):
+            namespace = self.manifest.judge_namespaces[model]
+            return namespace, namespace
         if self.manifest is None or self.manifest.model != model:
             raise GatewayUnreachable(
                 f"{self.why}, and run {self.reader.run_id!r} has no manifest for model {model!r} "
@@ -63,6 +73,8 @@ class CacheClient:
         found = self._many(list(keys.values()), f"{model} /tokenize")
         return {text: list(found[key]["tokens"]) for text, key in keys.items()}
 
-    async def send(self, requests: Iterable[Request], desc: str) -> dict[str, dict[str, Any]]:
+    async def send(
+        self, requests: Iterable[Request], desc: str, label: str | None = None
+    ) -> dict[str, dict[str, Any]]:
         """Each distinct request's cached response, by key; none is sent."""
         return self._many(list(dict.fromkeys(r.key for r in requests)), desc)

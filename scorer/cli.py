@@ -132,6 +132,13 @@ def main() -> None:
     help="Send each round through the gateway's batch lane (half price upstream); returns once submitted: "
     "run again (or `scorer status RUN`) for progress, then it goes on.",
 )
+@click.option(
+    "--judge-only",
+    is_flag=True,
+    help="Judge the answers already in the run with each task's judge: as the task file says now "
+    "(prompt, kind, model); only judge calls are sent.",
+)
+@click.option("--judge-model", default=None, help="Judge with this model (one the gateway serves).")
 @click.option("--json", "as_json", is_flag=True, help="Print the results JSON instead of the table.")
 @cache_dir_option
 @include_option
@@ -152,6 +159,8 @@ def run_command(
     lmeval_mode: str,
     bootstrap_iters: int,
     batch: bool,
+    judge_only: bool,
+    judge_model: str | None,
     as_json: bool,
     cache_dir: Path | None,
     include_paths: tuple[Path, ...],
@@ -184,6 +193,8 @@ def run_command(
         concurrency=concurrency,
         lmeval_mode=lmeval_mode,
         batch=batch,
+        judge_only=judge_only,
+        judge_model=judge_model,
     )
     try:
         report = asyncio.run(run(options))
@@ -273,8 +284,19 @@ def _score(
         click.echo(orjson.dumps(outcome.document, option=orjson.OPT_INDENT_2).decode())
     else:
         click.echo(outcome.table)
+    for task, rounds in outcome.document.get("rounds", {}).items():
+        if rounds["judge"]["requests"]:  # judged: what each round cost, side by side
+            click.echo(f"{task}: " + "; ".join(_usage_line(n, u) for n, u in rounds.items()), err=True)
     if outcome.results_path is not None:
         click.echo(f"results: {outcome.results_path}", err=True)
+
+
+def _usage_line(name: str, usage: dict[str, Any]) -> str:
+    """One round's recorded usage in a few words."""
+    return (
+        f"{name} {usage['requests']} requests ({usage['upstream_calls']} upstream), "
+        f"{usage['prompt_tokens']}+{usage['completion_tokens']} tokens, ${usage['cost_usd']:.6f}"
+    )
 
 
 @main.command("tasks")
@@ -290,7 +312,9 @@ def tasks_command(include_paths: tuple[Path, ...]) -> None:
         try:
             task = load_task_file(path)
             size = str(len(load_docs(task.raw["dataset"], task.raw["eval_split"], f"task {name}")))
-            rows.append((name, task.output_type, size, ", ".join(m.name for m in task.metrics), str(path)))
+            judged = [f"judge: {task.raw['judge']['kind']}"] if task.raw.get("judge") else []
+            metrics = ", ".join([m.name for m in task.metrics] + judged)
+            rows.append((name, task.output_type, size, metrics, str(path)))
         except BadInput as exc:
             rows.append((name, "?", "?", f"error: {exc}", str(path)))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]

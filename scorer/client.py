@@ -69,8 +69,10 @@ class GatewayClient:
         upstream = str(entry.get("upstream_model") or model)
         return upstream, str(entry.get("cache_namespace") or upstream)
 
-    async def _post(self, path: str, body: dict[str, Any], key: str) -> dict[str, Any]:
-        answer = await self._call("POST", path, key, data=orjson.dumps(body))
+    async def _post(
+        self, path: str, body: dict[str, Any], key: str, label: str | None = None
+    ) -> dict[str, Any]:
+        answer = await self._call("POST", path, key, data=orjson.dumps(body), label=label)
         self.sent += 1
         return answer
 
@@ -81,11 +83,17 @@ class GatewayClient:
         key: str,
         data: bytes | None = None,
         params: dict[str, str] | None = None,
+        label: str | None = None,
     ) -> dict[str, Any]:
-        """One request, retried on 502/503/504 and dropped connections; its key checked."""
+        """One request, retried on 502/503/504 and dropped connections; its key checked.
+
+        ``label`` is sent as ``X-Task`` (not part of the key): reports group by it, so a round shows apart.
+        """
         # Every POST pins sample 0: a sampling request's key then never depends on arrival order
         # (the gateway ignores the header for requests that do not sample).
         headers = {"Content-Type": "application/json", "X-Sample-Index": "0"} if data is not None else None
+        if headers is not None and label is not None:
+            headers["X-Task"] = label
         last = ""
         for attempt in range(self.attempts):
             try:
@@ -112,13 +120,15 @@ class GatewayClient:
                 "their canonicalisers differ, so `scorer score` could not find this answer"
             )
 
-    async def _all(self, jobs: list[tuple[str, dict[str, Any], str]], desc: str) -> list[dict[str, Any]]:
+    async def _all(
+        self, jobs: list[tuple[str, dict[str, Any], str]], desc: str, label: str | None = None
+    ) -> list[dict[str, Any]]:
         limit = asyncio.Semaphore(self.concurrency)
         bar = tqdm(total=len(jobs), desc=desc, file=sys.stderr, unit="req", leave=False)
 
         async def one(path: str, body: dict[str, Any], key: str) -> dict[str, Any]:
             async with limit:
-                result = await self._post(path, body, key)
+                result = await self._post(path, body, key, label)
             bar.update(1)
             return result
 
@@ -140,9 +150,11 @@ class GatewayClient:
         answers = await self._all(jobs, "tokenize")
         return {t: list(a["tokens"]) for t, a in zip(distinct, answers, strict=True)}
 
-    async def send(self, requests: Iterable[Request], desc: str) -> dict[str, dict[str, Any]]:
-        """Send each distinct request once; responses by key."""
+    async def send(
+        self, requests: Iterable[Request], desc: str, label: str | None = None
+    ) -> dict[str, dict[str, Any]]:
+        """Send each distinct request once (labelled ``X-Task: label``); responses by key."""
         distinct = {r.key: r for r in requests}
         jobs = [(r.endpoint, r.body, r.key) for r in distinct.values()]
-        answers = await self._all(jobs, desc)
+        answers = await self._all(jobs, desc, label)
         return dict(zip(distinct, answers, strict=True))

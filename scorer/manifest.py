@@ -51,6 +51,7 @@ class Manifest:
     eos_string: str | None = None  # the tokenizer's EOS string (sequential mode adds it to stop)
     tasks: dict[str, TaskEntry] = field(default_factory=dict)
     groups: dict[str, dict[str, Any]] = field(default_factory=dict)  # lm-eval groups over the tasks, by name
+    judge_namespaces: dict[str, str] = field(default_factory=dict)  # judge model → its cache namespace
     rounds: dict[str, list[str]] = field(default_factory=lambda: {"train": [], "eval": []})
     created: float = field(default_factory=time.time)
     schema: int = MANIFEST_SCHEMA

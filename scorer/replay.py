@@ -336,22 +336,34 @@ def score_run(
     folder = RunFolder(cache_dir, run_id)
     manifest = folder.read_manifest()
     tasks = select_tasks(manifest, task_names, overrides)
+    from scorer.judge.replay import judge_from_cache
+    from scorer.usage import round_usage
+
     reader = ResponseReader(cache_dir, run_id)
+    judgments: dict[str, list[bytes]] = {}
     try:
         scores: list[TaskScores] = []
         with no_cycle_collection():  # forked workers inherit the pause
             for task in tasks:
                 docs = documents_of(folder, manifest, task)
                 scores.append(score_from_cache(reader, manifest, task, docs, bootstrap_iters))
+                judged = judge_from_cache(reader, manifest, task, docs)
+                if judged is not None:
+                    for name, value in judged.scores.values.items():
+                        scores[-1].values[(name, "none")] = value
+                    judgments[task.name] = judged.rows
     finally:
         reader.close()
     totals = {t: e.n_eval_total for t, e in manifest.tasks.items()}
     document = results_document(scores, manifest, totals, bootstrap_iters, started)
+    document["rounds"] = round_usage(cache_dir, run_id, [s.task.name for s in scores])
     path = None
     if write:
         suffix = f"-{overrides_tag(overrides)}" if overrides else ""
         for s in scores:
             write_atomic(folder.scorer / f"samples_{s.task.name}{suffix}.jsonl", b"".join(s.lines))
+        for name, rows in judgments.items():
+            write_atomic(folder.scorer / f"judgments_{name}{suffix}.jsonl", b"".join(rows))
         path = folder.scorer / f"results{suffix}.json"
         write_atomic(path, orjson.dumps(document, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
     return ScoreOutcome(document, table(document), path)

@@ -23,9 +23,13 @@ from scorer.docs import load_docs
 from scorer.errors import BadInput, GatewayUnreachable
 from scorer.groups import GroupConfig
 from scorer.helpers import apply_process_docs
+from scorer.judge.config import judge_of
+from scorer.judge.replay import answers_from_cache, eval_plans_from_cache
+from scorer.judge.round import JudgeSettings
+from scorer.judge.run import judge_model_of, send_judge, send_turns, with_judge_model
 from scorer.manifest import SEQUENTIAL, Manifest, TaskEntry
 from scorer.prompts import draw_shots
-from scorer.replay import cached_responses, cached_tokens, settings_of, train_answers
+from scorer.replay import cached_responses, cached_tokens, documents_of, settings_of, train_answers
 from scorer.requests import RequestBuilder
 from scorer.rounds import DocPlan, DocPrompt, Documents, eval_prompts, plans_of, texts_of, train_prompts
 from scorer.store import ResponseReader, RunFolder
@@ -52,6 +56,8 @@ class RunOptions:
     lmeval_mode: str = SEQUENTIAL  # which lm-eval path's stop sequences to match (see scorer.manifest)
     groups: dict[str, GroupConfig] = field(default_factory=dict)  # lm-eval groups over ``tasks``
     batch: bool = False  # send the rounds through the gateway's batch lane (scorer.batch_client)
+    judge_only: bool = False  # judge the answers already in the run: only judge calls are made
+    judge_model: str | None = None  # --judge-model: judge every judged task with this model
 
 
 @dataclass
@@ -143,7 +149,11 @@ def _manifest(
 async def run(options: RunOptions) -> RunReport:
     """Send the rounds of every task and store the manifest. Scoring is the caller's next step."""
     folder = RunFolder(options.cache_dir, options.run_id)
-    tasks = [_with_fewshot(t, options.num_fewshot) for t in options.tasks]
+    if options.judge_only:
+        return await judge_only(options, folder)
+    tasks = [
+        with_judge_model(_with_fewshot(t, options.num_fewshot), options.judge_model) for t in options.tasks
+    ]
     prepared = [(t, *gather_documents(t, options.limit, options.seed)) for t in tasks]
     report = RunReport()
     live_client = (
@@ -187,6 +197,8 @@ async def _rounds(
         eos = eos_string(await client.tokenizer_info(options.model, upstream))
     manifest = _manifest(folder, options, upstream_model, upstream, eos)
     settings = settings_of(manifest)
+    for model in {m for t in tasks if (m := judge_model_of(t)) is not None}:
+        manifest.judge_namespaces[model] = (await client.model_names(model))[1]
     for task, docs, n_total in prepared:
         shots = [docs.shots[i] for i in sorted(docs.shots)]
         entry = TaskEntry(task.raw, len(docs.eval), n_total, docs.train_pool_size, shots)
@@ -236,10 +248,65 @@ async def _rounds(
         if options.skip_eval:
             continue
         plans = await planned(eval_prompts(task, docs, answers))
-        responses = await client.send((r for p in plans for r in p.requests), f"{task.name} eval")
+        responses = await client.send(
+            (r for p in plans for r in p.requests), f"{task.name} eval", label=task.name
+        )
         report.sent[f"{task.name}/eval"] = len(responses)
         _mark(manifest, "eval", task.name)
+        judge = judge_of(task.raw)
+        if judge is not None or task.raw.get("turns"):
+            conversation = await send_turns(client, task, settings.namespace, plans, responses, report.sent)
+            if judge is not None:
+                judge_settings = JudgeSettings(judge, manifest.judge_namespaces[judge.model], manifest.seed)
+                await send_judge(client, task, judge_settings, plans, conversation, report.sent)
+                _mark(manifest, "judge", task.name)
     folder.write_manifest(manifest)
+
+
+async def judge_only(options: RunOptions, folder: RunFolder) -> RunReport:
+    """Judge the answers a run already holds (read from the cache) with each task's judge as given now.
+
+    The run's generation config, documents and answers are its own; only the
+    task file's ``judge:`` section (and ``--judge-model``) is taken from
+    ``options``, and stored in the manifest, so `scorer score` replays this judge.
+    Only judge calls are sent; an answer the cache lacks ends the run, sending nothing.
+    """
+    manifest = folder.read_manifest()
+    report = RunReport()
+    chosen = []
+    for given in options.tasks:
+        if given.name not in manifest.tasks:
+            raise BadInput(f"--judge-only: run {options.run_id!r} has no task {given.name}")
+        if not given.raw.get("judge"):
+            raise BadInput(f"--judge-only: task {given.name} has no judge: section")
+        stored = manifest.tasks[given.name].config
+        task = with_judge_model(
+            parse_task(
+                {**stored, "judge": given.raw["judge"]}, f"task {given.name} (judge from {given.name})"
+            ),
+            options.judge_model,
+        )
+        chosen.append(task)
+    reader = ResponseReader(options.cache_dir, options.run_id)
+    try:
+        conversations = []
+        for task in chosen:  # every answer first: a missing one sends nothing at all
+            plans = eval_plans_from_cache(reader, manifest, task, documents_of(folder, manifest, task))
+            conversations.append((task, plans, answers_from_cache(reader, manifest, task, plans)))
+    finally:
+        reader.close()
+    async with GatewayClient(options.gateway, options.run_id, options.concurrency) as client:
+        for task, plans, answers in conversations:
+            judge = judge_of(task.raw)
+            assert judge is not None
+            namespace = manifest.judge_namespaces[judge.model] = (await client.model_names(judge.model))[1]
+            await send_judge(
+                client, task, JudgeSettings(judge, namespace, manifest.seed), plans, answers, report.sent
+            )
+            manifest.tasks[task.name].config = task.raw
+            _mark(manifest, "judge", task.name)
+    folder.write_manifest(manifest)
+    return report
 
 
 def _adds_eos(task: TaskConfig) -> bool:

@@ -26,6 +26,7 @@ import yaml
 from scorer.errors import BadInput
 from scorer.filters import FilterChain, build_chains
 from scorer.helpers import HELPER_KEYS, describe, function_ref, is_function, load_function
+from scorer.judge.config import judge_fields
 from scorer.metrics import Metric, get_metric, registry
 from scorer.metrics.base import OUTPUT_TYPES
 from scorer.templates import check_template
@@ -67,6 +68,8 @@ _KNOWN = {
     "filter_list",
     "metric_list",
     "max_length",
+    "judge",  # scorer.judge.config
+    "turns",
     # lm-eval spellings, folded into the above by _fold_lmeval_keys
     "dataset_path",
     "dataset_name",
@@ -243,12 +246,17 @@ def parse_task(data: Any, where: str, base_dir: Path | None = None, strict: bool
         )
     raw["fewshot"] = _fewshot(data.get("fewshot"), raw, at)
     raw["generation_kwargs"] = _generation_kwargs(data.get("generation_kwargs"), raw, at)
+    raw.update(judge_fields(data, raw, at))
     for field in ("doc_to_text", "doc_to_target", "doc_to_choice", "description"):
         if isinstance(raw[field], str):
             check_template(raw[field], f"{at}: {field}")
     filters = build_chains(data.get("filter_list"), at)
     raw["filter_list"] = data.get("filter_list")
-    metric_list = data.get("metric_list") or [{"metric": m} for m in DEFAULT_METRICS[raw["output_type"]]]
+    metric_list = data.get("metric_list")
+    if not metric_list and not (
+        metric_list == [] and raw.get("judge")
+    ):  # a judged task may have no other metric
+        metric_list = [{"metric": m} for m in DEFAULT_METRICS[raw["output_type"]]]
     raw["metric_list"] = metric_list
     if raw["process_results"] is not None:
         if not data.get("metric_list"):
