@@ -12,7 +12,6 @@ from typing import Any
 
 import orjson
 
-from scorer.errors import MissingResponses
 from scorer.filters import FilterChain
 from scorer.metrics import Sample
 from scorer.metrics.base import PerSample
@@ -150,23 +149,3 @@ class TaskScorer:
                     stderr = "N/A"
                 scores.values[(name, filter_name)] = (value, stderr)
         return scores
-
-
-def score_task(
-    task: TaskConfig,
-    plans: list[DocPlan],
-    responses: Mapping[str, Any],
-    bootstrap_iters: int = DEFAULT_BOOTSTRAP_ITERS,
-) -> TaskScores:
-    """Score every document of ``plans`` with every filter and metric of ``task``.
-
-    Raises:
-        MissingResponses: some request has no response; nothing is scored as empty.
-    """
-    missing = missing_keys(plans, responses)
-    if missing:
-        raise MissingResponses(task.name, missing)
-    scorer = TaskScorer(task)
-    for plan in plans:
-        scorer.add(plan, responses)
-    return scorer.finish(bootstrap_iters)
