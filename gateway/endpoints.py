@@ -164,6 +164,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
 BY_PATH = {e.path: e for e in ENDPOINTS}
 # Tokenizer calls are cheap look-ups: reports count them apart from the answers they help build.
 TOKENIZER_ENDPOINTS = frozenset(e.path for e in ENDPOINTS if e.handler == "tokenizer")
+BATCHABLE_ENDPOINTS = frozenset(e.path for e in ENDPOINTS if e.batchable)
 
 
 @cache

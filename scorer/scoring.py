@@ -35,16 +35,6 @@ class TaskScores:
     lines: list[bytes] = field(default_factory=list)  # the per-sample JSONL, one row per document and filter
 
 
-def missing_keys(plans: list[DocPlan], responses: Mapping[str, Any]) -> list[str]:
-    """Keys the plans need that ``responses`` lacks, each once, in plan order."""
-    seen: dict[str, None] = {}
-    for plan in plans:
-        for request in plan.requests:
-            if request.key not in responses:
-                seen[request.key] = None
-    return list(seen)
-
-
 def _samples(
     task: TaskConfig, plan: DocPlan, responses: Mapping[str, Any]
 ) -> list[tuple[str, Sample, list[str]]]:
