@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from gateway.config import ModelConfig
 from gateway.metrics import Metrics
 from gateway.pricing import Costs
 from gateway.report.aggregate import build_report
+from gateway.status import StatusLine
 
 PRICED = ModelConfig(
     name="priced", api_base="https://api.example.com/v1", cost={"input_per_mtok": 2, "output_per_mtok": 8}
@@ -162,3 +164,19 @@ def test_older_records_read_with_the_defaults_of_the_fields_they_lack(tmp_path: 
 
 def test_the_paid_serving_modes_are_the_fresh_answers_and_copies_are_the_rest() -> None:
     assert PAID | COPIES == set(SERVED) and not PAID & COPIES
+
+
+def test_the_status_line_counts_as_the_report_does() -> None:
+    costs = Costs([PRICED, UNPRICED])
+    metrics = Metrics()
+    for record in (
+        record_of(UNPRICED, "miss", costs),
+        record_of(UNPRICED, "hit", costs),
+        record_of(PRICED, "coalesced", costs, error={"code": "upstream_error"}),
+        record_of(PRICED, "miss", costs),
+    ):
+        metrics.observe(record)
+    line = StatusLine(metrics, io.StringIO()).text()
+    # Two of four completions were copies (one failed: the report counts it, and so does the line).
+    assert "4 requests" in line and "hit 50.0%" in line
+    assert "(2 unpriced)" in line and "errors 1" in line
