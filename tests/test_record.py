@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import orjson
 import pytest
@@ -163,7 +163,7 @@ def test_older_records_read_with_the_defaults_of_the_fields_they_lack(tmp_path: 
 
 
 def test_the_paid_serving_modes_are_the_fresh_answers_and_copies_are_the_rest() -> None:
-    assert PAID | COPIES == set(SERVED) and not PAID & COPIES
+    assert PAID | COPIES == set(SERVED) == set(get_args(Served)) and not PAID & COPIES
 
 
 def test_the_status_line_counts_as_the_report_does() -> None:
