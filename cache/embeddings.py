@@ -11,6 +11,7 @@ recreates the very same entries from the records alone.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -58,7 +59,7 @@ def assemble(parts: list[bytes]) -> dict[str, Any]:
     return {"object": "list", "data": data, "model": model, "usage": usage}
 
 
-def entries(record: dict[str, Any]) -> list[tuple[str, bytes]]:
+def entries(record: Mapping[str, Any]) -> list[tuple[str, bytes]]:
     """The index entries an embeddings record paid for: (key, body) per fetched input."""
     response = record["response"]
     found = []

@@ -17,10 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from cache.keys import canonical_fields
+from cache.record import PAID, Record
 from cache.records import read_records, shard_paths
 from cache.runs import list_runs, run_dir
-
-STORED = frozenset({"miss", "batched", "batch"})  # records whose answer went into the cache
 
 
 class NoSuchRequest(LookupError):
@@ -81,7 +80,7 @@ class Explanation:
         }
 
 
-def compared_fields(record: dict[str, Any]) -> dict[str, Any]:
+def compared_fields(record: Record) -> dict[str, Any]:
     """The canonical fields of a record's request, plus its sample index when it is a sample."""
     request = record.get("request")
     fields = canonical_fields(request) if isinstance(request, dict) else {}
@@ -140,7 +139,7 @@ def explain(cache_dir: Path, run_id: str, key: str, nearest: int = 3) -> Explana
             if (
                 not isinstance(other_key, str)
                 or other_key in seen
-                or record.get("served") not in STORED
+                or record.get("served") not in PAID  # only fresh answers went into the cache
                 or record.get("status") != 200
                 or (record.get("endpoint"), record.get("model"), record.get("upstream_model")) != same
             ):

@@ -26,6 +26,7 @@ import diskcache
 import orjson
 
 from cache import embeddings
+from cache.record import PAID, Record
 from cache.records import ReadReport, read_records, shard_paths
 from cache.runs import list_runs, run_dir
 from cache.validity import invalid_reason
@@ -37,10 +38,6 @@ _ENTRY_OVERHEAD = 104
 
 In = TypeVar("In")
 Out = TypeVar("Out")
-
-# Records whose response is a fresh upstream answer; hits and coalesced
-# records are copies and add nothing to a rebuild.
-INDEXED_SERVED = frozenset({"miss", "batched", "batch"})
 
 
 class ResponseIndex:
@@ -210,14 +207,14 @@ def _entry_cost(key: str, body: bytes) -> int:
     return sys.getsizeof(key) + sys.getsizeof(body) + _ENTRY_OVERHEAD
 
 
-def indexable(record: dict[str, Any]) -> bool:
+def indexable(record: Record) -> bool:
     """Whether a record carries a fresh, successful, cacheable response: a valid answer of its endpoint.
 
     The same check the gateway makes before storing an answer, so a rebuild
     drops whatever an older gateway cached that was not an answer.
     """
     return (
-        record.get("served") in INDEXED_SERVED
+        record.get("served") in PAID  # copies add nothing to a rebuild
         and record.get("status") == 200
         and record.get("cacheable", True)
         and invalid_reason(str(record.get("endpoint")), record.get("response")) is None
@@ -258,22 +255,20 @@ def rebuild_index(cache_dir: Path, report: ReadReport | None = None) -> int:
         index.close()
 
 
-def index_entries(record: dict[str, Any]) -> list[tuple[str, bytes]]:
+def index_entries(record: Record) -> list[tuple[str, bytes]]:
     """The (key, body) entries a record makes: its answer, or one per embedded input it paid for."""
     if record.get("endpoint") == embeddings.EMBEDDINGS:
         return embeddings.entries(record)
     return [(record["key"], orjson.dumps(record["response"]))]
 
 
-def _entry_keys(record: dict[str, Any]) -> list[str]:
+def _entry_keys(record: Record) -> list[str]:
     if record.get("endpoint") == embeddings.EMBEDDINGS:
         return [key for _, key, _ in record.get("parts") or []]
     return [record["key"]]
 
 
-def _indexable_records(
-    shards: list[Path], report: ReadReport | None
-) -> Iterator[tuple[int, int, dict[str, Any]]]:
+def _indexable_records(shards: list[Path], report: ReadReport | None) -> Iterator[tuple[int, int, Record]]:
     """(shard number, ordinal of the record in its shard, record) for each indexable record."""
     for shard_number, shard in enumerate(shards):
         # Hits (the only records that refer to a body) are never indexed: nothing to resolve.
@@ -282,7 +277,7 @@ def _indexable_records(
                 yield shard_number, ordinal, record
 
 
-def _recorded_at(record: dict[str, Any]) -> float:
+def _recorded_at(record: Record) -> float:
     """When the record's answer came back (``ts_end``, else ``ts``); 0 for records that say neither."""
     for field in ("ts_end", "ts"):
         value = record.get(field)

@@ -52,17 +52,17 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import orjson
 
+from cache.record import COPIES, RECORD_SCHEMA, Record, from_json, to_json
+
+__all__ = ["RECORD_SCHEMA", "ReadReport", "RecordWriteError", "RecordWriter", "read_records", "shard_paths"]
 from cache.runs import run_dir
 
 FsyncPolicy = Literal["always", "interval", "never"]
-RECORD_SCHEMA = 1
 MAX_OPEN_SHARDS = 256
-# Records that serve a body someone already paid for: these may refer to it instead of copying it.
-REFERABLE_SERVED = frozenset({"hit", "coalesced"})
 # Bodies a writer remembers (as hashes) to refer to: bounded, and forgetting only costs a copy.
 MAX_REMEMBERED_BODIES = 100_000
 _OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE)
@@ -112,7 +112,7 @@ class RecordWriter:
         """The file this process appends ``run_id``'s records to."""
         return run_dir(self.cache_dir, run_id) / self._shard_name
 
-    async def append(self, run_id: str, record: dict[str, Any], body: bytes | None = None) -> None:
+    async def append(self, run_id: str, record: Record, body: bytes | None = None) -> None:
         """Write one record; returns once it is as durable as the fsync policy says.
 
         ``body``: the bytes of the record's ``response``, when it has one; with
@@ -120,7 +120,7 @@ class RecordWriter:
         """
         if body is not None:
             record = self._refer_or_remember(run_id, record, body)
-        line = orjson.dumps(record) + b"\n"
+        line = to_json(record)
         if self._scrub is not None:  # secrets an upstream echoed never reach the disk
             line = self._scrub(line)
         loop = asyncio.get_running_loop()
@@ -130,13 +130,13 @@ class RecordWriter:
         self._pending.append((run_id, line, done))
         await done
 
-    def _refer_or_remember(self, run_id: str, record: dict[str, Any], body: bytes) -> dict[str, Any]:
+    def _refer_or_remember(self, run_id: str, record: Record, body: bytes) -> Record:
         key = record.get("key")
         if not isinstance(key, str) or record.get("response") is None:
             return record
         seen = self._bodies.setdefault(run_id, {})
         fingerprint = (len(body), hash(body))
-        if record.get("served") in REFERABLE_SERVED and seen.get(key) == fingerprint:
+        if record.get("served") in COPIES and seen.get(key) == fingerprint:  # a copy of a paid-for body
             return {**record, "response": None, "response_ref": key}
         if key not in seen:
             if self._remembered >= MAX_REMEMBERED_BODIES:
@@ -356,7 +356,7 @@ def shard_paths(directory: Path) -> list[Path]:
 
 def read_records(
     paths: list[Path], report: ReadReport | None = None, resolve_refs: bool = True
-) -> Iterator[dict[str, Any]]:
+) -> Iterator[Record]:
     """Stream the records of ``paths``, skipping (and reporting) lines a crash tore.
 
     Memory stays bounded by one line: files are read line by line. With
@@ -375,9 +375,7 @@ def read_records(
                 try:
                     if not line.endswith(b"\n"):
                         raise ValueError("no newline: the write was cut short")
-                    record = orjson.loads(line)
-                    if not isinstance(record, dict):
-                        raise ValueError("not a JSON object")
+                    record = from_json(line)  # older schemas gain their defaults
                 except ValueError:
                     report.torn.append((path, number))
                     continue
@@ -387,7 +385,7 @@ def read_records(
                 yield record
 
 
-def _resolve(path: Path, record: dict[str, Any], bodies: dict[str, int], offset: int) -> None:
+def _resolve(path: Path, record: Record, bodies: dict[str, int], offset: int) -> None:
     key = record.get("key")
     if record.get("response") is not None and isinstance(key, str):
         bodies[key] = offset

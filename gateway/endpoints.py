@@ -198,6 +198,7 @@ def roots_of(endpoint: Endpoint) -> tuple[str, ...]:
 BY_PATH = {e.path: e for e in sorted(ENDPOINTS, key=lambda e: e.body is not None)}
 # Tokenizer calls are cheap look-ups: reports count them apart from the answers they help build.
 TOKENIZER_ENDPOINTS = frozenset(e.path for e in ENDPOINTS if e.handler == "tokenizer")
+BATCHABLE_ENDPOINTS = frozenset(e.path for e in ENDPOINTS if e.batchable)
 
 
 @cache

@@ -29,6 +29,7 @@ replaygate_output_tokens_metric             litellm_output_tokens_metric
 replaygate_total_tokens_metric              litellm_total_tokens_metric
 replaygate_spend_metric                     litellm_spend_metric (USD)
 replaygate_cost_saved_metric                (none: USD a hit or coalesced answer saved)
+replaygate_unpriced_requests_metric         (none: answers of a model with no known price)
 replaygate_deployment_total_requests        litellm_deployment_total_requests (upstream attempts)
 replaygate_retries_metric                   (none: attempts after the first)
 replaygate_llm_api_failed_requests_metric   litellm_llm_api_failed_requests_metric (per attempt)
@@ -43,6 +44,11 @@ replaygate_concurrency_limit                (none: the AIMD limit in force)
 replaygate_remaining_requests_metric        litellm_remaining_requests_metric
 replaygate_remaining_tokens_metric          litellm_remaining_tokens_metric
 ==========================================  ==============================================
+
+Every count comes from :class:`gateway.tally.Counts`, the fold ``gateway
+report`` uses too, so the two agree on every record (the per-served counters
+and tokens count completions; tokenizer calls appear in
+``replaygate_requests_metric`` only).
 
 Upstream attempts of a batched request are the shared batch call's, counted
 once per request in the batch. The API latency histogram times answers that
@@ -62,9 +68,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from cache.record import PAID
+from gateway.tally import Counts
 from gateway.upstream import Upstream
 
-PAID = frozenset({"miss", "batched", "batch"})
 LATENCY_BUCKETS = (
     0.0005,
     0.001,
@@ -94,17 +101,6 @@ SERVED_COUNTERS = {
 }
 
 
-@dataclass
-class Totals:
-    """Plain running totals over every observed record, for the terminal status line."""
-
-    requests: int = 0
-    cached: int = 0  # successful hits and coalesced answers
-    errors: int = 0
-    cost_usd: float = 0.0
-    cost_saved_usd: float = 0.0
-
-
 class _Histogram:
     """Bucket counts and a sum, as Prometheus wants them."""
 
@@ -132,17 +128,9 @@ class _Histogram:
 class _Series:
     """Everything counted for one (model, provider, served, status) combination."""
 
-    requests: int = 0
-    tokens_in: int = 0
-    tokens_out: int = 0
-    spend: float = 0.0
-    saved: float = 0.0
-    attempts: int = 0
-    retries: int = 0
+    counts: Counts = field(default_factory=Counts)  # the fold the report shares (gateway.tally)
     latency: _Histogram = field(default_factory=lambda: _Histogram(LATENCY_BUCKETS))
     ttft: _Histogram = field(default_factory=lambda: _Histogram(TTFT_BUCKETS))
-    failed: dict[str, int] = field(default_factory=dict)  # failed attempts by error code
-    errors: dict[str, int] = field(default_factory=dict)  # failed requests by error code
 
 
 class Metrics:
@@ -150,7 +138,6 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.totals = Totals()
         self.series: dict[tuple[str, str, str, int], _Series] = {}
         self.upstreams: Mapping[str, Upstream] = {}
         self.registry.register(_RecordCollector(self))
@@ -166,39 +153,19 @@ class Metrics:
         series = self.series.get(key)
         if series is None:
             series = self.series[key] = _Series()
-        totals = self.totals
-        totals.requests += 1
-        series.requests += 1
-        usage = record["usage"]
-        if usage:
-            series.tokens_in += usage.get("prompt_tokens") or 0
-            series.tokens_out += usage.get("completion_tokens") or 0
-        cost = record.get("cost_usd")
-        if cost:
-            series.spend += cost
-            totals.cost_usd += cost
-        saved = record.get("cost_saved_usd")
-        if saved:
-            series.saved += saved
-            totals.cost_saved_usd += saved
+        series.counts.add(record)
         series.latency.observe(record["latency_ms"] / 1000)
-        attempts = record["attempts"]
-        if attempts:
-            series.attempts += attempts
-            series.retries += attempts - 1
-        for failure in record["failed_attempts"]:
-            code = str(failure.get("code"))
-            series.failed[code] = series.failed.get(code, 0) + 1
-        error = record["error"]
-        if error is not None:
-            totals.errors += 1
-            code = str(error.get("code"))
-            series.errors[code] = series.errors.get(code, 0) + 1
-        elif key[2] not in PAID:
-            totals.cached += 1
         ttft = record.get("ttft_ms")
         if ttft is not None:
             series.ttft.observe(ttft / 1000)
+
+    @property
+    def totals(self) -> Counts:
+        """The counts over every observed record (for the status line: summed at read time)."""
+        total = Counts()
+        for series in list(self.series.values()):
+            total.merge(series.counts)
+        return total
 
     def exposition(self) -> bytes:
         """The registry in Prometheus text format."""
@@ -241,6 +208,11 @@ class _RecordCollector(Collector):
         saved = CounterMetricFamily(
             "replaygate_cost_saved_metric", "USD the cache and coalescing saved", labels=mp
         )
+        unpriced = CounterMetricFamily(
+            "replaygate_unpriced_requests_metric",
+            "Answers whose cost or saving is unknown: the model has no price",
+            labels=mp,
+        )
         attempts = CounterMetricFamily(
             "replaygate_deployment_total_requests",
             "Upstream calls made (attempts, retries included)",
@@ -274,46 +246,39 @@ class _RecordCollector(Collector):
             "Seconds to the first upstream event of a streamed answer",
             labels=mp,
         )
-        by_model: dict[tuple[str, str], list[float]] = {}
-        by_served: dict[tuple[str, str, str], list[int]] = {}
+        by_model: dict[tuple[str, str], Counts] = {}
+        by_served: dict[tuple[str, str, str], Counts] = {}
         api: dict[tuple[str, str], list[_Histogram]] = {}
         streamed: dict[tuple[str, str], list[_Histogram]] = {}
         by_latency: dict[tuple[str, str, str], list[_Histogram]] = {}
-        failed_by: dict[tuple[str, str, str], int] = {}
         errors_by: dict[tuple[str, str, str, str], int] = {}
         for (model, provider, how, status), s in list(self.metrics.series.items()):
-            requests.add_metric([model, provider, how, _status_class(status)], s.requests)
+            requests.add_metric([model, provider, how, _status_class(status)], s.counts.requests)
             pair = (model, provider)
-            sums = by_model.setdefault(pair, [0.0, 0.0, 0, 0])
-            sums[0] += s.spend
-            sums[1] += s.saved
-            sums[2] += s.attempts
-            sums[3] += s.retries
-            counts = by_served.setdefault((model, provider, how), [0, 0, 0, 0])
-            counts[0] += s.requests
-            counts[1] += s.tokens_in
-            counts[2] += s.tokens_out
+            by_model.setdefault(pair, Counts()).merge(s.counts)
+            by_served.setdefault((model, provider, how), Counts()).merge(s.counts)
             by_latency.setdefault((model, provider, how), []).append(s.latency)
             if how in PAID and status == 200:
                 api.setdefault(pair, []).append(s.latency)
             if s.ttft.counts != [0] * len(s.ttft.counts):
                 streamed.setdefault(pair, []).append(s.ttft)
-            for code, n in s.failed.items():
-                failed_by[(model, provider, code)] = failed_by.get((model, provider, code), 0) + n
-            for code, n in s.errors.items():
+            for code, n in s.counts.errors.items():
                 k = (model, provider, code, _status_class(status))
                 errors_by[k] = errors_by.get(k, 0) + n
-        for (model, provider, how), (n, prompt, completion, _) in by_served.items():
-            if how in served:
-                served[how].add_metric([model, provider], n)
-            tokens_in.add_metric([model, provider, how], prompt)
-            tokens_out.add_metric([model, provider, how], completion)
-            tokens_total.add_metric([model, provider, how], prompt + completion)
-        for (model, provider), (paid, kept, calls, again) in by_model.items():
-            spend.add_metric([model, provider], paid)
-            saved.add_metric([model, provider], kept)
-            attempts.add_metric([model, provider], calls)
-            retries.add_metric([model, provider], again)
+        for (model, provider, how), c in by_served.items():
+            tokens_in.add_metric([model, provider, how], c.tokens_in)
+            tokens_out.add_metric([model, provider, how], c.tokens_out)
+            tokens_total.add_metric([model, provider, how], c.tokens_in + c.tokens_out)
+        for (model, provider), c in by_model.items():
+            for how, family in served.items():
+                family.add_metric([model, provider], c.served.get(how, 0))
+            spend.add_metric([model, provider], c.cost_usd)
+            saved.add_metric([model, provider], c.cost_saved_usd)
+            unpriced.add_metric([model, provider], c.unpriced)
+            attempts.add_metric([model, provider], c.attempts)
+            retries.add_metric([model, provider], c.retries)
+            for code, n in c.failed_attempts.items():
+                failed.add_metric([model, provider, code], n)
         for served_labels, histograms in by_latency.items():
             merged = _merge(histograms)
             latency.add_metric(list(served_labels), merged.buckets(), merged.total)
@@ -323,13 +288,12 @@ class _RecordCollector(Collector):
         for pair, histograms in streamed.items():
             merged = _merge(histograms)
             ttft.add_metric(list(pair), merged.buckets(), merged.total)
-        for labels, n in failed_by.items():
-            failed.add_metric(list(labels), n)
         for error_labels, n in errors_by.items():
             errors.add_metric(list(error_labels), n)
         yield requests
         yield from served.values()
-        yield from (tokens_in, tokens_out, tokens_total, spend, saved, attempts, retries, failed, errors)
+        yield from (tokens_in, tokens_out, tokens_total, spend, saved, unpriced)
+        yield from (attempts, retries, failed, errors)
         yield from (latency, api_latency, ttft)
 
 

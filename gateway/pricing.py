@@ -20,17 +20,17 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 from urllib.parse import urlparse
 
 import orjson
 
+from cache.record import PAID, Record
 from gateway.config import ModelConfig
 from gateway.tokens import input_tokens, trusted_usage
 
 log = logging.getLogger("gateway.pricing")
 
-PAID = frozenset({"miss", "batched", "batch"})
 BATCH_PRICE_FACTOR = 0.5  # OpenAI's and Anthropic's batch APIs answer at half the online price
 _LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "0.0.0.0", "host.docker.internal"}
 _PRICE_MAP_FILE = "model_prices_and_context_window_backup.json"
@@ -132,6 +132,15 @@ def count_usage(request: Any, response: Any, tiktoken_model: str | None = None) 
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
+class Priced(TypedDict, total=False):
+    """The fields pricing adds to (or corrects in) a :class:`cache.record.Record`."""
+
+    cost_usd: float | None
+    cost_saved_usd: float | None
+    usage: dict[str, int] | None
+    usage_counted: bool
+
+
 class Costs:
     """Prices every record of the configured models."""
 
@@ -144,7 +153,7 @@ class Costs:
             if price is None:
                 log.warning("no price known for model %s: its cost is recorded as null", model.name)
 
-    def of(self, model: ModelConfig, record: Mapping[str, Any], response: Any) -> dict[str, Any]:
+    def of(self, model: ModelConfig, record: Record, response: Any) -> Priced:
         """The fields a record gains: ``cost_usd``, ``cost_saved_usd`` and, when counted, ``usage``.
 
         An upstream's ``usage`` with counts that are not counts (see
@@ -154,12 +163,13 @@ class Costs:
         price); a hit or coalesced answer
         paid nothing and saved what a miss would have cost. Failures cost 0.
         """
-        fields: dict[str, Any] = {}
+        fields: Priced = {}
         usage = trusted_usage(record["usage"])
         if usage is None and record["usage"] is not None:
             fields["usage"] = None  # counts nothing downstream can add up; recounted below if it can be
         if record["status"] != 200:
-            return {**fields, "cost_usd": 0.0, "cost_saved_usd": 0.0}
+            fields["cost_usd"], fields["cost_saved_usd"] = 0.0, 0.0
+            return fields
         if usage is None and isinstance(response, dict) and "choices" in response:
             usage = fields["usage"] = count_usage(record["request"], response, self._tiktoken.get(model.name))
             fields["usage_counted"] = True

@@ -22,6 +22,7 @@ from aiohttp import web
 
 from cache.explain import NoSuchRequest, explain
 from cache.keys import canonical_fields
+from cache.record import SERVED
 from cache.runs import BadRunId, check_run_id
 from gateway.errors import GatewayError, bad_request
 from gateway.report.aggregate import UnknownRun
@@ -302,7 +303,7 @@ def _filter_form(q: Any) -> str:
     served = q.get("served", "")
     options = "".join(
         f'<option value="{v}"{" selected" if served == v else ""}>{v or "any"}</option>'
-        for v in ("", "hit", "miss", "coalesced", "batched", "batch")
+        for v in ("", *SERVED)
     )
     return (
         '<form class="filters" method="get">'

@@ -37,14 +37,14 @@ class StatusLine:
         then, count = self._last
         self._last = (now, totals.requests)
         rate = (totals.requests - count) / max(now - then, 1e-9)
-        ratio = totals.cached / totals.requests if totals.requests else 0.0
+        unpriced = f" ({totals.unpriced:,} unpriced)" if totals.unpriced else ""
         upstreams = self.metrics.upstreams.values()
         queued = sum(u.scheduler.queue_depth for u in upstreams)
         running = sum(u.scheduler.in_flight for u in upstreams)
         return (
-            f"gateway · {rate:,.1f} req/s · {totals.requests:,} requests · hit {ratio:.1%} · "
-            f"${totals.cost_usd:,.6f} spent, ${totals.cost_saved_usd:,.6f} saved · "
-            f"queue {queued} · in flight {running} · errors {totals.errors:,}"
+            f"gateway · {rate:,.1f} req/s · {totals.requests:,} requests · hit {totals.hit_ratio:.1%} · "
+            f"${totals.cost_usd:,.6f} spent, ${totals.cost_saved_usd:,.6f} saved{unpriced} · "
+            f"queue {queued} · in flight {running} · errors {totals.failed:,}"
         )
 
     def draw(self) -> None:

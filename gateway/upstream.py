@@ -31,6 +31,7 @@ from tenacity import (
 from cache.validity import invalid_reason
 from gateway.batcher import MicroBatcher, choices_by_prompt, single_prompt
 from gateway.config import ModelConfig
+from gateway.endpoints import BATCHABLE_ENDPOINTS
 from gateway.errors import UpstreamError, not_supported
 from gateway.providers.base import Provider, Reply
 from gateway.redaction import Redactor
@@ -122,7 +123,7 @@ class Upstream:
         answer is marked ``batched`` and carries the shared call's attempts.
         """
         self._check_served(endpoint)
-        if self.batcher and endpoint == "/v1/completions" and body:
+        if self.batcher and endpoint in BATCHABLE_ENDPOINTS and body:
             prompt = single_prompt(body)
             if prompt is not None:
                 try:

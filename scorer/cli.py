@@ -22,6 +22,7 @@ import orjson
 import yaml
 
 from scorer.errors import BadInput, GatewayFailure, MissingResponses
+from scorer.manifest import LMEVAL_MODES, SEQUENTIAL
 from scorer.stderr import DEFAULT_BOOTSTRAP_ITERS
 from scorer.store import default_cache_dir
 
@@ -113,8 +114,8 @@ def main() -> None:
 @click.option("--concurrency", type=int, default=8, show_default=True, help="Requests in flight at once.")
 @click.option(
     "--lmeval-mode",
-    type=click.Choice(["sequential", "concurrent"]),
-    default="sequential",
+    type=click.Choice(LMEVAL_MODES),
+    default=SEQUENTIAL,
     show_default=True,
     help="Which lm-eval run to match: sequential = num_concurrent=1 (lm-eval's default; EOS added to "
     "every stop list), concurrent = num_concurrent>1 (stop lists as the task gives them).",

@@ -11,18 +11,44 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import aiohttp
 import orjson
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
 from tqdm import tqdm
 
 from scorer.errors import BadInput, GatewayFailure, GatewayUnreachable
 from scorer.requests import Request
 from scorer.tokenizer import TOKENIZE, TOKENIZER_INFO, tokenize_body, tokenize_key, tokenizer_info_key
 
-RETRY_STATUSES = {502, 503, 504}
+# The gateway's own refusal (429: its queue for the model is full) and an upstream's failure it passes on.
+RETRY_STATUSES = frozenset({429, 502, 503, 504})
+MAX_PAUSE_S = 60.0  # the longest Retry-After the client honours
+
+
+class _Retryable(Exception):
+    """A failure the next attempt may not meet; ``retry_after``: seconds the gateway asked for."""
+
+    def __init__(self, detail: str, retry_after: float | None = None) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+
+def retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds ``Retry-After`` asks for (the gateway sends whole seconds), or None."""
+    value = headers.get("Retry-After")
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None
 
 
 class GatewayClient:
@@ -35,6 +61,7 @@ class GatewayClient:
         self.concurrency = concurrency
         self.timeout = aiohttp.ClientTimeout(total=timeout_s)
         self.attempts = attempts
+        self._backoff = wait_exponential_jitter(multiplier=0.5, max=8.0, jitter=0.1)
         self._session: aiohttp.ClientSession | None = None
         self.sent = 0
 
@@ -85,7 +112,9 @@ class GatewayClient:
         params: dict[str, str] | None = None,
         label: str | None = None,
     ) -> dict[str, Any]:
-        """One request, retried on 502/503/504 and dropped connections; its key checked.
+        """One request, retried (tenacity) on 429/502/503/504 and dropped connections; its key checked.
+
+        A retry waits the exponential backoff, or what the gateway's ``Retry-After`` asks if longer.
 
         ``label`` is sent as ``X-Task`` (not part of the key): reports group by it, so a round shows apart.
         """
@@ -94,23 +123,49 @@ class GatewayClient:
         headers = {"Content-Type": "application/json", "X-Sample-Index": "0"} if data is not None else None
         if headers is not None and label is not None:
             headers["X-Task"] = label
-        last = ""
-        for attempt in range(self.attempts):
-            try:
-                async with self.session.request(
-                    method, self.root + path, data=data, params=params, headers=headers
-                ) as response:
-                    raw = await response.read()
-                    if response.status == 200:
-                        self._check_key(path, response.headers.get("X-Record-Key"), key)
-                        return dict(orjson.loads(raw))
-                    last = f"HTTP {response.status}: {raw[:300].decode(errors='replace')}"
-                    if response.status not in RETRY_STATUSES:
-                        break
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-                last = f"{type(exc).__name__}: {exc}"
-            await asyncio.sleep(min(8.0, 0.5 * 2**attempt))  # back off before the next attempt
-        raise GatewayFailure(f"gateway {self.root}{path} failed: {last}")
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self.attempts),
+            wait=self._wait,
+            retry=retry_if_exception_type(_Retryable),
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    return await self._attempt(method, path, key, data, params, headers)
+        except _Retryable as exc:
+            raise GatewayFailure(f"gateway {self.root}{path} failed: {exc}") from exc
+        raise AssertionError("unreachable: tenacity re-raises the last error")
+
+    async def _attempt(
+        self,
+        method: str,
+        path: str,
+        key: str,
+        data: bytes | None,
+        params: dict[str, str] | None,
+        headers: dict[str, str] | None,
+    ) -> dict[str, Any]:
+        try:
+            async with self.session.request(
+                method, self.root + path, data=data, params=params, headers=headers
+            ) as response:
+                raw = await response.read()
+                if response.status == 200:
+                    self._check_key(path, response.headers.get("X-Record-Key"), key)
+                    return dict(orjson.loads(raw))
+                detail = f"HTTP {response.status}: {raw[:300].decode(errors='replace')}"
+                if response.status in RETRY_STATUSES:
+                    raise _Retryable(detail, retry_after(response.headers))
+                raise GatewayFailure(f"gateway {self.root}{path} failed: {detail}")
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise _Retryable(f"{type(exc).__name__}: {exc}") from exc
+
+    def _wait(self, state: RetryCallState) -> float:
+        """The backoff, but never less than the gateway asked for."""
+        exc = state.outcome.exception() if state.outcome else None
+        asked = exc.retry_after if isinstance(exc, _Retryable) and exc.retry_after else 0.0
+        return max(float(self._backoff(state)), min(asked, MAX_PAUSE_S))
 
     @staticmethod
     def _check_key(path: str, got: str | None, key: str) -> None:

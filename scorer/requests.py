@@ -105,10 +105,6 @@ class RequestBuilder:
         kwargs.update(copy.deepcopy(self.settings.gen_kwargs or {}))
         return kwargs
 
-    def generation_kwargs(self) -> dict[str, Any]:
-        """The task's generation kwargs with the run's overrides applied (a fresh copy)."""
-        return copy.deepcopy(self._gen)
-
     def _generate_fields(self) -> tuple[str, dict[str, Any], int]:
         """The endpoint, the body fields every ``generate_until`` request shares, and the truncation."""
         gen = dict(self._gen)  # values are never mutated below, so a shallow copy is enough

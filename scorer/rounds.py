@@ -13,16 +13,13 @@ exactly the requests ``scorer run`` sent.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple
 
 from scorer.prompts import context, doc_to_choice, doc_to_target, doc_to_text, example, target_text
 from scorer.requests import Ask, Request, RequestBuilder
 from scorer.tasks import TaskConfig
-from scorer.tokenizer import RecordingTokenizer, TableTokenizer, Tokenizer
-
-T = TypeVar("T")
 
 
 class DocPlan(NamedTuple):
@@ -142,30 +139,3 @@ def plans_of(prompts: Iterable[DocPrompt], builder: RequestBuilder) -> list[DocP
         )
         for p in prompts
     ]
-
-
-def train_plan(task: TaskConfig, docs: Documents, builder: RequestBuilder) -> list[DocPlan]:
-    """:func:`train_prompts` with their requests."""
-    return plans_of(train_prompts(task, docs), builder)
-
-
-def eval_plan(
-    task: TaskConfig,
-    docs: Documents,
-    builder: RequestBuilder,
-    train_answers: dict[int, str] | None = None,
-) -> list[DocPlan]:
-    """:func:`eval_prompts` with their requests."""
-    return plans_of(eval_prompts(task, docs, train_answers), builder)
-
-
-def texts_needed(build: Callable[[Tokenizer], object]) -> list[str]:
-    """The texts ``build`` tokenizes, found by a dry run with a recording tokenizer."""
-    recorder = RecordingTokenizer()
-    build(recorder)
-    return list(recorder.texts)
-
-
-def with_table(build: Callable[[Tokenizer], T], table: dict[str, list[int]]) -> T:
-    """``build`` run with token ids looked up in ``table``."""
-    return build(TableTokenizer(table))

@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from scorer.errors import BadInput, MissingResponses
+from scorer.errors import BadInput
 from scorer.filters import FilterChain
 from scorer.helpers import load_function
 from scorer.metrics import Sample
@@ -35,16 +35,6 @@ class TaskScores:
     # (metric, filter) → (value, stderr)
     values: dict[tuple[str, str], tuple[float, float | str]] = field(default_factory=dict)
     lines: list[bytes] = field(default_factory=list)  # the per-sample JSONL, one row per document and filter
-
-
-def missing_keys(plans: list[DocPlan], responses: Mapping[str, Any]) -> list[str]:
-    """Keys the plans need that ``responses`` lacks, each once, in plan order."""
-    seen: dict[str, None] = {}
-    for plan in plans:
-        for request in plan.requests:
-            if request.key not in responses:
-                seen[request.key] = None
-    return list(seen)
 
 
 def _samples(
@@ -171,23 +161,3 @@ class TaskScorer:
                     stderr = "N/A"
                 scores.values[(name, filter_name)] = (value, stderr)
         return scores
-
-
-def score_task(
-    task: TaskConfig,
-    plans: list[DocPlan],
-    responses: Mapping[str, Any],
-    bootstrap_iters: int = DEFAULT_BOOTSTRAP_ITERS,
-) -> TaskScores:
-    """Score every document of ``plans`` with every filter and metric of ``task``.
-
-    Raises:
-        MissingResponses: some request has no response; nothing is scored as empty.
-    """
-    missing = missing_keys(plans, responses)
-    if missing:
-        raise MissingResponses(task.name, missing)
-    scorer = TaskScorer(task)
-    for plan in plans:
-        scorer.add(plan, responses)
-    return scorer.finish(bootstrap_iters)

@@ -3,8 +3,8 @@
 The tokenizer lives behind the gateway (``POST /tokenize``, cached like any
 other request), so the same text always has the same ids and the same cache
 key. ``scorer run`` fills a :class:`TableTokenizer` from the gateway; ``scorer
-score`` fills it from the cache alone. A :class:`RecordingTokenizer` lists
-which texts a round needs before either is asked.
+score`` fills it from the cache alone, with the texts :func:`scorer.rounds.texts_of`
+lists.
 """
 
 from __future__ import annotations
@@ -88,18 +88,6 @@ class Tokenizer(Protocol):
     def encode(self, text: str) -> list[int]:
         """The ids of ``text``, no special tokens added."""
         ...
-
-
-class RecordingTokenizer:
-    """Remembers every text asked for and answers with a placeholder id."""
-
-    def __init__(self) -> None:
-        self.texts: dict[str, None] = {}
-
-    def encode(self, text: str) -> list[int]:
-        """Record ``text``; the ids returned are placeholders, not to be used."""
-        self.texts[text] = None
-        return [0] * max(1, len(text) // 4)
 
 
 class TableTokenizer:

@@ -19,14 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from cache.record import COPIES, SERVED
 from cache.records import ReadReport, read_records, shard_paths
 from cache.runs import run_dir
 from gateway.endpoints import TOKENIZER_ENDPOINTS
 from gateway.report.quantiles import Latencies
+from gateway.tally import Counts
 
 GroupBy = Literal["model", "task", "hour"]
-SERVED = ("miss", "hit", "coalesced", "batched", "batch")
-CACHED = frozenset({"hit", "coalesced"})
 NO_TASK = "-"
 # Latency histogram edges for the charts: 10 per decade from 10 µs to ~17 minutes.
 LATENCY_EDGES_MS = tuple(10 ** (k / 10) for k in range(-20, 61))
@@ -36,82 +36,31 @@ class UnknownRun(LookupError):
     """A run-id with no records folder."""
 
 
-@dataclass
-class Group:
-    """Everything reported for one model, task or hour (or the whole run)."""
+@dataclass(slots=True)
+class Group(Counts):
+    """Everything reported for one model, task or hour (or the whole run): its counts, times and latencies."""
 
     name: str
-    requests: int = 0
-    tokenizer_calls: int = 0
-    served: dict[str, int] = field(default_factory=dict)
-    status: dict[str, int] = field(default_factory=dict)
-    errors: dict[str, int] = field(default_factory=dict)
-    tokens_in: int = 0
-    tokens_out: int = 0
-    usage_counted: int = 0
-    cost_usd: float = 0.0
-    batch_cost_usd: float = 0.0  # the part of ``cost_usd`` paid through the batch lane
-    cost_saved_usd: float = 0.0
-    unpriced: int = 0
-    attempts: int = 0
     first_ts: float = math.inf
     last_ts: float = -math.inf
     cached_latency: Latencies = field(default_factory=Latencies)
     upstream_latency: Latencies = field(default_factory=Latencies)
 
     def add(self, record: Mapping[str, Any]) -> None:
-        """Fold one record in."""
-        self.requests += 1
-        served = record.get("served") or "?"
-        tokenizer = record.get("endpoint") in TOKENIZER_ENDPOINTS
-        if tokenizer:
-            self.tokenizer_calls += 1
-        else:
-            self.served[served] = self.served.get(served, 0) + 1
-        status_class = f"{int(record.get('status') or 0) // 100}xx"
-        self.status[status_class] = self.status.get(status_class, 0) + 1
-        error = record.get("error")
-        if error:
-            code = str(error.get("code") if isinstance(error, dict) else error)
-            self.errors[code] = self.errors.get(code, 0) + 1
-        usage = record.get("usage")
-        if isinstance(usage, dict):
-            self.tokens_in += usage.get("prompt_tokens") or 0
-            self.tokens_out += usage.get("completion_tokens") or 0
-        if record.get("usage_counted"):
-            self.usage_counted += 1
-        cost = record.get("cost_usd")
-        if cost is None and record.get("status") == 200 and served in ("miss", "batched", "batch"):
-            self.unpriced += 1
-        self.cost_usd += cost or 0.0
-        if served == "batch":
-            self.batch_cost_usd += cost or 0.0
-        self.cost_saved_usd += record.get("cost_saved_usd") or 0.0
-        self.attempts += record.get("attempts") or 0
+        """Fold one record in: its counts (as ``/metrics`` counts them), then its times and latency."""
+        Counts.add(self, record)
         ts = record.get("ts")
         if isinstance(ts, int | float):
             self.first_ts = min(self.first_ts, ts)
             self.last_ts = max(self.last_ts, record.get("ts_end") or ts)
         latency = record.get("latency_ms")
-        # A batch answer's latency is the batch's (hours): it would describe no online request.
-        if not tokenizer and served != "batch" and isinstance(latency, int | float) and latency >= 0:
-            (self.cached_latency if served in CACHED else self.upstream_latency).add(latency)
-
-    @property
-    def completions(self) -> int:
-        """Requests other than tokenizer calls."""
-        return self.requests - self.tokenizer_calls
-
-    @property
-    def hit_ratio(self) -> float:
-        """Share of completions answered without an upstream call of their own (hit or coalesced)."""
-        saved = self.served.get("hit", 0) + self.served.get("coalesced", 0)
-        return saved / self.completions if self.completions else 0.0
-
-    @property
-    def free(self) -> bool:
-        """Nothing cost or saved anything, and no answer lacked a price: a free (local) model."""
-        return self.cost_usd == 0 and self.cost_saved_usd == 0 and self.unpriced == 0
+        if (
+            isinstance(latency, int | float)
+            and latency >= 0
+            and record.get("endpoint") not in TOKENIZER_ENDPOINTS
+            and record.get("served") != "batch"  # a batch's latency is hours: it describes no online request
+        ):
+            (self.cached_latency if record.get("served") in COPIES else self.upstream_latency).add(latency)
 
     @property
     def span_s(self) -> float:
@@ -175,7 +124,7 @@ class Timeline:
         if isinstance(usage, dict):
             row[1] += usage.get("prompt_tokens") or 0
             row[2] += usage.get("completion_tokens") or 0
-        if record.get("served") in CACHED:
+        if record.get("served") in COPIES:
             row[3] += 1
         else:
             row[4] += 1
@@ -197,7 +146,7 @@ class LatencyHistogram:
         ):
             return
         k = min(len(LATENCY_EDGES_MS), max(0, math.ceil(10 * math.log10(latency)) + 20))
-        (self.cached if record.get("served") in CACHED else self.upstream)[k] += 1
+        (self.cached if record.get("served") in COPIES else self.upstream)[k] += 1
 
 
 @dataclass

@@ -22,6 +22,7 @@ from typing import Any, Literal
 import orjson
 
 from cache.keys import canonical_fields
+from cache.record import PAID, Record
 from cache.records import read_records
 from gateway.report.aggregate import Group, run_paths
 from gateway.report.record_text import answer_text, error_code, prompt_text
@@ -30,7 +31,7 @@ Match = Literal["key", "request"]
 MAX_EXAMPLES = 20
 
 
-def identity(record: dict[str, Any], match: Match) -> str:
+def identity(record: Record, match: Match) -> str:
     """What pairs a record with its counterpart in the other run."""
     if match == "key":
         return str(record.get("key"))
@@ -42,7 +43,7 @@ def identity(record: dict[str, Any], match: Match) -> str:
     ).hexdigest()
 
 
-def outcome(record: dict[str, Any]) -> str:
+def outcome(record: Record) -> str:
     """What a record answered, as text: the generated text, or the error code."""
     code = error_code(record)
     return f"error: {code}" if code else answer_text(record.get("response"))
@@ -100,7 +101,7 @@ class RunDiff:
         }
 
 
-def _records(cache_dir: Path, run_id: str) -> Iterator[dict[str, Any]]:
+def _records(cache_dir: Path, run_id: str) -> Iterator[Record]:
     return read_records(run_paths(cache_dir, run_id))
 
 
@@ -154,7 +155,7 @@ def diff_runs(
     return result
 
 
-def _brief(record: dict[str, Any]) -> dict[str, Any]:
+def _brief(record: Record) -> dict[str, Any]:
     return {
         "prompt": prompt_text(record.get("request")),
         "answer": outcome(record),
@@ -165,13 +166,13 @@ def _brief(record: dict[str, Any]) -> dict[str, Any]:
 TOTALS = (
     ("requests", lambda g: g.requests),
     ("tokenizer calls", lambda g: g.tokenizer_calls),
-    ("hits", lambda g: g.served.get("hit", 0) + g.served.get("coalesced", 0)),
-    ("misses", lambda g: g.served.get("miss", 0) + g.served.get("batched", 0) + g.served.get("batch", 0)),
+    ("hits", lambda g: g.cached),
+    ("misses", lambda g: sum(g.served.get(s, 0) for s in PAID)),
     ("tokens in", lambda g: g.tokens_in),
     ("tokens out", lambda g: g.tokens_out),
     ("cost (USD)", lambda g: None if g.free else g.cost_usd),
     ("saved (USD)", lambda g: None if g.free else g.cost_saved_usd),
-    ("errors", lambda g: sum(g.errors.values())),
+    ("errors", lambda g: g.failed),
     ("upstream p50 ms", lambda g: g.upstream_latency.quantile(0.5)),
     ("upstream p95 ms", lambda g: g.upstream_latency.quantile(0.95)),
     ("cached p50 ms", lambda g: g.cached_latency.quantile(0.5)),

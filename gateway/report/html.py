@@ -180,7 +180,7 @@ def _cost(report: RunReport) -> str:
 
 def _served(report: RunReport) -> str:
     served = report.total.served
-    labels = [k for k in ("hit", "coalesced", "miss", "batched", "batch") if served.get(k)]
+    labels = [k for k in SERVED_COLOURS if served.get(k)]
     labels += sorted(k for k in served if k not in labels)
     return bar_chart(
         "chart-served",

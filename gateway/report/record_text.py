@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 
@@ -47,7 +48,7 @@ def answer_text(response: Any) -> str:
     return "\n".join(p for p in parts if p)
 
 
-def error_code(record: dict[str, Any]) -> str | None:
+def error_code(record: Mapping[str, Any]) -> str | None:
     """The code of a record's error, if it failed."""
     error = record.get("error")
     if not error:

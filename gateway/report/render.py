@@ -10,7 +10,8 @@ from typing import Any
 
 import orjson
 
-from gateway.report.aggregate import NO_TASK, SERVED, RunReport
+from cache.record import SERVED
+from gateway.report.aggregate import NO_TASK, RunReport
 
 COLUMNS = (
     "group",
@@ -64,7 +65,7 @@ def rows(report: RunReport) -> list[dict[str, Any]]:
                 "group": group["name"],
                 "requests": group["requests"],
                 "tokenizer": group["tokenizer_calls"],
-                **{k: group["served"][k] for k in SERVED},
+                **{str(k): group["served"][k] for k in SERVED},
                 "hit_ratio": group["hit_ratio"],
                 "tokens_in": group["tokens_in"],
                 "tokens_out": group["tokens_out"],

@@ -8,6 +8,7 @@ from typing import Any
 
 from cache.records import ReadReport, read_records, shard_paths
 from cache.runs import list_runs, run_dir
+from gateway.tally import Counts
 
 
 @dataclass
@@ -33,12 +34,11 @@ def summarise(cache_dir: Path, run_id: str) -> RunSummary:
     """Read one run's records once (streaming) into its summary."""
     paths = shard_paths(run_dir(cache_dir, run_id))
     read = ReadReport()
-    cost = saved = 0.0
+    counts = Counts()  # the fold the report and /metrics use, so the costs agree
     first: float | None = None
     last: float | None = None
     for record in read_records(paths, read, resolve_refs=False):  # costs and times only
-        cost += record.get("cost_usd") or 0.0
-        saved += record.get("cost_saved_usd") or 0.0
+        counts.add(record)
         ts = record.get("ts")
         if isinstance(ts, int | float):
             first = ts if first is None else min(first, ts)
@@ -50,8 +50,8 @@ def summarise(cache_dir: Path, run_id: str) -> RunSummary:
         bytes=sum(p.stat().st_size for p in paths),
         records=read.lines,
         torn=len(read.torn),
-        cost_usd=round(cost, 9),
-        cost_saved_usd=round(saved, 9),
+        cost_usd=round(counts.cost_usd, 9),
+        cost_saved_usd=round(counts.cost_saved_usd, 9),
         first_ts=first,
         last_ts=last,
     )
