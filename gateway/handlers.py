@@ -60,14 +60,18 @@ class Handlers:
         check(grant, model.name, run_of(request))
         return web.Response(body=orjson.dumps(self._model_entries[model.name]), content_type=JSON)
 
-    async def completion(self, endpoint: Endpoint, request: web.Request) -> web.StreamResponse:
-        """``POST /v1/completions``, ``/v1/chat/completions`` and ``/v1/responses``, cached."""
+    async def _model_call(self, endpoint: Endpoint, request: web.Request) -> Call:
+        """The call a model endpoint's request makes: its body checked, its model and run granted."""
         run_id = run_of(request)
         grant = self._grant(request)
         body = validate_body(endpoint.path, await read_json(request, self.config.max_body_bytes))
         model = self.model_named(body["model"])
         check(grant, model.name, run_id)
-        call = await self._call(request, run_id, endpoint.path, model, body)
+        return await self._call(request, run_id, endpoint.path, model, body)
+
+    async def completion(self, endpoint: Endpoint, request: web.Request) -> web.StreamResponse:
+        """``POST /v1/completions``, ``/v1/chat/completions`` and ``/v1/responses``, cached."""
+        call = await self._model_call(endpoint, request)
         if call.stream:
             return await self._stream(request, call)
         answer = await self.pipeline.answer(call)
@@ -75,15 +79,11 @@ class Handlers:
 
     async def embeddings(self, endpoint: Endpoint, request: web.Request) -> web.Response:
         """``POST /v1/embeddings``, cached per input: only the inputs not cached go upstream."""
-        run_id = run_of(request)
-        grant = self._grant(request)
-        body = validate_body(endpoint.path, await read_json(request, self.config.max_body_bytes))
-        model = self.model_named(body["model"])
-        check(grant, model.name, run_id)
-        call = await self._call(request, run_id, endpoint.path, model, body)
-        inputs = inputs_of(body)
+        call = await self._model_call(endpoint, request)
+        assert call.body is not None
+        inputs = inputs_of(call.body)
         salt = request.headers.get("X-Cache-Salt")
-        keys = [_key(endpoint.path, model, {**body, "input": i}, salt) for i in inputs]
+        keys = [_key(endpoint.path, call.model, {**call.body, "input": i}, salt) for i in inputs]
         answer = await self.pipeline.embed(call, inputs, keys)
         return self._answer_response(call, answer)
 
