@@ -17,10 +17,10 @@ import sqlite3
 import sys
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import diskcache
 import orjson
@@ -221,8 +221,18 @@ def indexable(record: Record) -> bool:
     )
 
 
-def rebuild_index(cache_dir: Path, report: ReadReport | None = None) -> int:
+class IndexSink(Protocol):
+    """Another store :func:`rebuild_index` fills with the same entries (e.g. a fleet's Redis)."""
+
+    def set(self, key: str, body: bytes) -> None: ...
+    def flush(self) -> None: ...
+
+
+def rebuild_index(cache_dir: Path, report: ReadReport | None = None, also: Sequence[IndexSink] = ()) -> int:
     """Recreate the index from every run's records; returns the entries written (one per key).
+
+    Each entry also goes to every sink in ``also`` (flushed at the end), which
+    is overwritten key by key, not cleared.
 
     The latest answer wins: for each key, the indexable record with the
     greatest ``ts_end`` (when it was recorded), ties going to the later shard
@@ -250,6 +260,10 @@ def rebuild_index(cache_dir: Path, report: ReadReport | None = None) -> int:
             for key, body in index_entries(record):
                 if (shard_number, ordinal, key) in chosen:
                     index.set(key, body)
+                    for sink in also:
+                        sink.set(key, body)
+        for sink in also:
+            sink.flush()
         return len(winners)
     finally:
         index.close()

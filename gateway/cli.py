@@ -150,17 +150,55 @@ def cache() -> None:
 @click.option(
     "--cache-dir",
     type=click.Path(path_type=Path),
-    default=lambda: replaygate_home() / "store",
-    show_default="$REPLAYGATE_HOME/store",
+    default=None,
+    help="The store to rebuild  [default: the config's cache_dir, else $REPLAYGATE_HOME/store]",
 )
-def rebuild(cache_dir: Path) -> None:
-    """Rebuild the response index from the run records alone."""
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="A gateway config: when its state backend is redis, that Redis's index is filled too.",
+)
+@click.option(
+    "--state-url",
+    default=None,
+    help="Fill the index of the Redis at this URL too (redis://host:port/db; wins over the config's).",
+)
+def rebuild(cache_dir: Path | None, config_path: Path | None, state_url: str | None) -> None:
+    """Rebuild the response index from the run records alone (and a fleet's Redis index with it)."""
     from cache.index import rebuild_index
     from cache.records import ReadReport
 
+    prefix = "rg:"
+    if config_path is not None:
+        try:
+            config = load_config(config_path, cache_dir=cache_dir)
+        except ConfigError as exc:
+            raise click.ClickException(str(exc)) from exc
+        cache_dir = config.cache_dir
+        prefix = config.state.prefix
+        if config.state.backend == "redis" and state_url is None:
+            state_url = config.state.url
+    cache_dir = cache_dir or replaygate_home() / "store"
     report = ReadReport()
-    written = rebuild_index(cache_dir, report)
-    click.echo(f"rebuilt index from {report.describe()}: {written} entries")
+    if state_url is None:
+        written = rebuild_index(cache_dir, report)
+        click.echo(f"rebuilt index from {report.describe()}: {written} entries")
+        return
+    from redis.exceptions import RedisError
+
+    from gateway.state.redis import RedisIndexFiller
+
+    try:
+        filler = RedisIndexFiller(state_url, prefix)
+        try:
+            written = rebuild_index(cache_dir, report, also=[filler])
+        finally:
+            filler.close()
+    except RedisError as exc:  # the local index may be rebuilt; the fleet's is not complete
+        raise click.ClickException(f"cannot fill redis's index: {type(exc).__name__}: {exc}") from exc
+    click.echo(f"rebuilt index from {report.describe()}: {written} entries, {filler.written} sent to redis")
 
 
 @cache.command("explain")

@@ -238,13 +238,66 @@ def _deliver(batch: list[tuple[Any, asyncio.Future[Any]]], finished: asyncio.Fut
             done.set_result(finished.result()[position])
 
 
+def index_prefix(prefix: str) -> str:
+    """What a fleet's Redis names its index entries with: this plus the request key."""
+    return prefix + "idx:"
+
+
+class RedisIndexFiller:
+    """Writes index entries to a Redis for ``gateway cache rebuild``: batched, with bounded memory.
+
+    Synchronous (the rebuild is a batch job): entries are held until
+    ``batch_bytes`` of bodies or ``batch_entries`` entries are pending, then
+    sent as one ``MSET``. Unlike the gateway's :class:`Link`, a Redis that is
+    out of reach is an error here: a rebuild that silently filled nothing
+    would leave the fleet paying for answers it has.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        prefix: str,
+        batch_bytes: int = 8 * 2**20,
+        batch_entries: int = 1000,
+        timeout_s: float = 30.0,
+    ) -> None:
+        import redis
+
+        self.client = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+        self.client.ping()  # fail now, before the rebuild's passes over the records
+        self.names = index_prefix(prefix)
+        self.batch_bytes = batch_bytes
+        self.batch_entries = batch_entries
+        self.written = 0
+        self._pending: dict[str, bytes] = {}
+        self._pending_bytes = 0
+
+    def set(self, key: str, body: bytes) -> None:
+        """Queue ``body`` under ``key``; sends the batch once it is full."""
+        self._pending[self.names + key] = body
+        self._pending_bytes += len(body)
+        if self._pending_bytes >= self.batch_bytes or len(self._pending) >= self.batch_entries:
+            self.flush()
+
+    def flush(self) -> None:
+        """Send what is pending (one ``MSET``)."""
+        if self._pending:
+            self.client.mset(self._pending)
+            self.written += len(self._pending)
+        self._pending, self._pending_bytes = {}, 0
+
+    def close(self) -> None:
+        """Close the connection."""
+        self.client.close()
+
+
 class RedisIndex:
     """The response index with Redis behind this process's memory tier, and its own disk index behind that."""
 
     def __init__(self, local: ResponseIndex, link: Link, prefix: str) -> None:
         self.local = local
         self.link = link
-        self.prefix = prefix + "idx:"
+        self.prefix = index_prefix(prefix)
         self._gets: _Turn[str, bytes | None] = _Turn(self._mget)
         self._sets: _Turn[tuple[str, bytes], bool] = _Turn(self._mset)
 
@@ -449,7 +502,7 @@ class RedisState(State):
         died and its lease expired), Redis is out of reach, or ``wait_s`` passed:
         the caller then tries to claim the key itself.
         """
-        entry, lease = f"{self.prefix}idx:{key}", f"{self.prefix}lease:{key}"
+        entry, lease = index_prefix(self.prefix) + key, f"{self.prefix}lease:{key}"
         deadline = time.monotonic() + self.config.wait_s
         pause = POLL_FIRST_S
         while time.monotonic() < deadline:
