@@ -326,6 +326,34 @@ async def test_bad_batch_input_is_refused_naming_the_line(
     assert provider.batches == {}
 
 
+async def test_embeddings_batches_are_refused_naming_the_line_and_the_online_route(
+    provider: BatchStandIn, make_gateway: GatewayFactory
+) -> None:
+    gateway = await make_gateway(upstream_yaml(provider))
+    openai = client(gateway.url)
+    embed = {"model": "smollm2", "input": ["a", "b"]}
+    only = await openai.files.create(
+        file=("e.jsonl", jsonl([("e1", embed)], "/v1/embeddings")), purpose="batch"
+    )
+    response = await gateway.post("/v1/batches", {"input_file_id": only.id, "endpoint": "/v1/embeddings"})
+    assert response.status == 400
+    error = (await response.json())["error"]
+    assert error["code"] == "unsupported_batch_endpoint" and "/v1/embeddings online" in error["message"]
+
+    mixed = jsonl([("c1", chat("x"))]) + jsonl([("e1", embed)], "/v1/embeddings")
+    uploaded = await openai.files.create(file=("m.jsonl", mixed), purpose="batch")
+    response = await gateway.post(
+        "/v1/batches", {"input_file_id": uploaded.id, "endpoint": "/v1/chat/completions"}
+    )
+    assert response.status == 400
+    error = (await response.json())["error"]
+    assert error["code"] == "unsupported_batch_endpoint"
+    assert error["message"].startswith(
+        "batch input line 2 ('e1'): the batch lane does not answer /v1/embeddings"
+    )
+    assert provider.batches == {} and provider.online_calls == 0
+
+
 async def test_batches_belong_to_their_run(provider: BatchStandIn, make_gateway: GatewayFactory) -> None:
     gateway = await make_gateway(upstream_yaml(provider))
     mine = client(gateway.url + "/runs/mine")
