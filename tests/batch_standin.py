@@ -99,7 +99,18 @@ class BatchStandIn:
         assert isinstance(upload, web.FileField) and form["purpose"] == "batch"
         file_id = f"file-up{len(self.files)}"
         self.files[file_id] = upload.file.read()
-        return web.json_response({"id": file_id, "object": "file", "purpose": "batch"})
+        # The whole file object OpenAI returns: litellm validates every field of it.
+        return web.json_response(
+            {
+                "id": file_id,
+                "object": "file",
+                "purpose": "batch",
+                "bytes": len(self.files[file_id]),
+                "created_at": int(self.now),
+                "filename": upload.filename,
+                "status": "processed",
+            }
+        )
 
     async def _content(self, request: web.Request) -> web.Response:
         return web.Response(body=self.files[request.match_info["file_id"]])

@@ -38,10 +38,33 @@ async def provider() -> AsyncIterator[BatchStandIn]:
     await server.stop()
 
 
-def upstream_yaml(provider: BatchStandIn, **batch: Any) -> str:
+LITELLM_MODEL = "stand-in-batch"  # what litellm's lines must name: upstream_model less its provider
+
+
+@pytest.fixture(params=["openai-compatible", "litellm"])
+def via(request: pytest.FixtureRequest) -> str:
+    """The provider the model is configured with: the batch API is reached directly, or through litellm's
+    batch functions (litellm taking the stand-in for OpenAI)."""
+    return str(request.param)
+
+
+def upstream_yaml(provider: BatchStandIn, via: str = "openai-compatible", **batch: Any) -> str:
     settings = {"engine": "upstream", "poll_interval_s": 3600, **batch}  # the test polls, by retrieving
     flow = "{" + ", ".join(f"{k}: {v}" for k, v in settings.items()) + "}"
-    return model_yaml(provider.api_base, cost=PRICE, batch=flow)
+    text = model_yaml(provider.api_base, cost=PRICE, batch=flow)
+    if via == "litellm":
+        text = text.replace("provider: openai-compatible", "provider: litellm")
+        text += f"    upstream_model: openai/{LITELLM_MODEL}\n"
+    return text
+
+
+def line_models(provider: BatchStandIn) -> set[str]:
+    """The model every line the stand-in was sent names."""
+    return {
+        orjson.loads(line)["body"]["model"]
+        for batch in provider.batches.values()
+        for line in provider.files[batch.input_file_id].splitlines()
+    }
 
 
 def chat(prompt: str) -> dict[str, Any]:
@@ -78,9 +101,9 @@ def records(cache_dir: Path, run_id: str = "default") -> list[dict[str, Any]]:
 
 
 async def test_a_batch_sends_only_distinct_misses_upstream_and_its_results_become_hits(
-    provider: BatchStandIn, make_gateway: GatewayFactory
+    provider: BatchStandIn, via: str, make_gateway: GatewayFactory
 ) -> None:
-    gateway = await make_gateway(upstream_yaml(provider))
+    gateway = await make_gateway(upstream_yaml(provider, via))
     prompts = [f"question {i}" for i in range(170)]
     for prompt in prompts[:50]:  # 50 already cached
         assert (await gateway.post("/v1/chat/completions", chat(prompt))).status == 200
@@ -92,6 +115,7 @@ async def test_a_batch_sends_only_distinct_misses_upstream_and_its_results_becom
     batch = await submit(openai, lines)
     assert batch.status == "in_progress"
     assert provider.lines_received == 120  # 200 - 50 cached - 30 repeated
+    assert line_models(provider) == {LITELLM_MODEL if via == "litellm" else "smollm2"}
     provider.advance(50)
     assert (await openai.batches.retrieve(batch.id)).status == "in_progress"
     provider.advance(100)
@@ -164,9 +188,9 @@ async def test_misses_are_split_by_the_providers_line_and_byte_limits(
 
 
 async def test_failed_and_expired_lines_are_reported_never_cached_and_can_be_resubmitted(
-    provider: BatchStandIn, make_gateway: GatewayFactory
+    provider: BatchStandIn, via: str, make_gateway: GatewayFactory
 ) -> None:
-    gateway = await make_gateway(upstream_yaml(provider))
+    gateway = await make_gateway(upstream_yaml(provider, via))
     openai = client(gateway.url)
     provider.outcome = "expired"
     fates = {"late": "unfinished", "bad": "failed"}
@@ -200,9 +224,9 @@ async def test_failed_and_expired_lines_are_reported_never_cached_and_can_be_res
 
 
 async def test_a_batch_the_provider_fails_puts_every_line_in_the_error_file(
-    provider: BatchStandIn, make_gateway: GatewayFactory
+    provider: BatchStandIn, via: str, make_gateway: GatewayFactory
 ) -> None:
-    gateway = await make_gateway(upstream_yaml(provider))
+    gateway = await make_gateway(upstream_yaml(provider, via))
     openai = client(gateway.url)
     provider.outcome = "failed"
     batch = await submit(openai, [("a", chat("one")), ("b", chat("two"))])
@@ -214,9 +238,9 @@ async def test_a_batch_the_provider_fails_puts_every_line_in_the_error_file(
 
 
 async def test_a_cancelled_batch_reports_its_unanswered_lines_as_cancelled(
-    provider: BatchStandIn, make_gateway: GatewayFactory
+    provider: BatchStandIn, via: str, make_gateway: GatewayFactory
 ) -> None:
-    gateway = await make_gateway(upstream_yaml(provider))
+    gateway = await make_gateway(upstream_yaml(provider, via))
     await gateway.post("/v1/chat/completions", chat("cached"))
     openai = client(gateway.url)
     batch = await submit(openai, [("a", chat("cached")), ("b", chat("pending"))])
@@ -235,10 +259,10 @@ async def _serve(yaml_text: str, cache_dir: Path) -> TestServer:
 
 
 async def test_a_gateway_restarted_while_a_batch_is_pending_loses_nothing_and_submits_nothing_twice(
-    provider: BatchStandIn, tmp_path: Path
+    provider: BatchStandIn, via: str, tmp_path: Path
 ) -> None:
     store = tmp_path / "store"
-    first = await _serve(upstream_yaml(provider, poll_interval_s=0.05), store)
+    first = await _serve(upstream_yaml(provider, via, poll_interval_s=0.05), store)
     batch = await submit(
         client(str(first.make_url("")).rstrip("/")), [(f"r{i}", chat(f"q{i}")) for i in range(10)]
     )
@@ -246,7 +270,7 @@ async def test_a_gateway_restarted_while_a_batch_is_pending_loses_nothing_and_su
     await first.close()
 
     provider.advance(1000)
-    second = await _serve(upstream_yaml(provider, poll_interval_s=0.05), store)
+    second = await _serve(upstream_yaml(provider, via, poll_interval_s=0.05), store)
     try:
         # The restarted gateway's own poller finishes the batch: nobody asks for it.
         await until(lambda: _finished(store, batch.id), 10, "the resumed batch to complete")
@@ -266,10 +290,10 @@ async def _finished(store: Path, batch_id: str) -> bool:
 
 
 async def test_a_submit_the_journal_never_recorded_is_found_upstream_not_repeated(
-    provider: BatchStandIn, make_gateway: GatewayFactory, tmp_path: Path
+    provider: BatchStandIn, via: str, make_gateway: GatewayFactory, tmp_path: Path
 ) -> None:
     store = tmp_path / "store"
-    first = await _serve(upstream_yaml(provider), store)
+    first = await _serve(upstream_yaml(provider, via), store)
     batch = await submit(client(str(first.make_url("")).rstrip("/")), [("a", chat("x")), ("b", chat("y"))])
     await first.close()
     journal = Journal(store)
@@ -279,7 +303,7 @@ async def test_a_submit_the_journal_never_recorded_is_found_upstream_not_repeate
     journal.save(job)
 
     provider.advance(1000)
-    gateway = await make_gateway(upstream_yaml(provider), cache_dir=store)
+    gateway = await make_gateway(upstream_yaml(provider, via), cache_dir=store)
     done = await client(gateway.url).batches.retrieve(batch.id)
     assert done.status == "completed"
     assert len(provider.batches) == 1 and provider.lines_received == 2
@@ -300,6 +324,34 @@ async def test_bad_batch_input_is_refused_naming_the_line(
     assert response.status == 400
     assert "line 2" in (await response.json())["error"]["message"]
     assert provider.batches == {}
+
+
+async def test_embeddings_batches_are_refused_naming_the_line_and_the_online_route(
+    provider: BatchStandIn, make_gateway: GatewayFactory
+) -> None:
+    gateway = await make_gateway(upstream_yaml(provider))
+    openai = client(gateway.url)
+    embed = {"model": "smollm2", "input": ["a", "b"]}
+    only = await openai.files.create(
+        file=("e.jsonl", jsonl([("e1", embed)], "/v1/embeddings")), purpose="batch"
+    )
+    response = await gateway.post("/v1/batches", {"input_file_id": only.id, "endpoint": "/v1/embeddings"})
+    assert response.status == 400
+    error = (await response.json())["error"]
+    assert error["code"] == "unsupported_batch_endpoint" and "/v1/embeddings online" in error["message"]
+
+    mixed = jsonl([("c1", chat("x"))]) + jsonl([("e1", embed)], "/v1/embeddings")
+    uploaded = await openai.files.create(file=("m.jsonl", mixed), purpose="batch")
+    response = await gateway.post(
+        "/v1/batches", {"input_file_id": uploaded.id, "endpoint": "/v1/chat/completions"}
+    )
+    assert response.status == 400
+    error = (await response.json())["error"]
+    assert error["code"] == "unsupported_batch_endpoint"
+    assert error["message"].startswith(
+        "batch input line 2 ('e1'): the batch lane does not answer /v1/embeddings"
+    )
+    assert provider.batches == {} and provider.online_calls == 0
 
 
 async def test_batches_belong_to_their_run(provider: BatchStandIn, make_gateway: GatewayFactory) -> None:
@@ -353,3 +405,24 @@ def test_the_batch_price_is_half_the_online_one_unless_the_config_says_otherwise
     assert half.of(1_000_000, 1_000_000, batch=True) == 3.0
     quarter = price("{input_per_mtok: 2.0, output_per_mtok: 4.0, batch_price_factor: 0.25}")
     assert quarter.of(1_000_000, 1_000_000, batch=True) == 1.5
+
+
+def test_litellm_batches_go_to_providers_whose_batches_it_can_create_and_anthropic_to_the_local_engine() -> (
+    None
+):
+    from gateway.batches.lane import engine_of
+
+    def model(upstream: str) -> Any:
+        text = model_yaml("https://api.example.com/v1", upstream_model=upstream).replace(
+            "provider: openai-compatible", "provider: litellm"
+        )
+        return parse_config(text, "test config").models[0]
+
+    openai_model = model("openai/gpt-4o-mini")
+    client = openai_model.capabilities.batches(openai_model, None)
+    assert client is not None and client.line_model == "gpt-4o-mini"
+    assert engine_of(openai_model, client) == "upstream"
+    # litellm reads Anthropic's Message Batches but cannot create one: its lines are answered online.
+    claude = model("anthropic/claude-3-5-haiku-20241022")
+    assert claude.capabilities.batches(claude, None) is None
+    assert engine_of(claude, None) == "local"

@@ -39,7 +39,7 @@ from gateway.batches.lines import (
     read_results,
 )
 from gateway.batches.local import answer_locally
-from gateway.batches.upstream import BatchUpstreamError, UpstreamBatches
+from gateway.batches.upstream import BatchClient, BatchUpstreamError
 from gateway.config import GatewayConfig, ModelConfig
 from gateway.errors import GatewayError, bad_request
 from gateway.pipeline import Answer, Call, Pipeline
@@ -48,9 +48,11 @@ from gateway.pricing import is_local
 log = logging.getLogger("gateway.batches")
 
 
-def engine_of(model: ModelConfig) -> str:
-    """``upstream`` (the provider's batch API) or ``local`` (the pipeline, a few at a time) for ``model``."""
-    if model.provider != "openai-compatible":  # litellm's batch functions are not wired in yet
+def engine_of(model: ModelConfig, client: BatchClient | None) -> str:
+    """``upstream`` (the provider's batch API, ``client``) or ``local`` (the pipeline, a few at a time)."""
+    if client is None:  # the provider has no batch API (an in-process engine, Anthropic through litellm)
+        if model.batch.engine == "upstream":
+            log.warning("model %s: its provider has no batch API; the local engine answers", model.name)
         return "local"
     return model.batch.engine or ("local" if is_local(model) else "upstream")
 
@@ -69,6 +71,7 @@ class BatchLane:
         self._active: set[str] = set()
         self._wake = asyncio.Event()
         self._poller: asyncio.Task[None] | None = None
+        self._clients: dict[str, BatchClient | None] = {}
 
     # -- life ------------------------------------------------------------------
 
@@ -100,6 +103,12 @@ class BatchLane:
 
     def _lock(self, batch_id: str) -> asyncio.Lock:
         return self._locks.setdefault(batch_id, asyncio.Lock())
+
+    def _client(self, model: ModelConfig) -> BatchClient | None:
+        """The model's provider batch API, as its provider class offers it (None: it has none)."""
+        if model.name not in self._clients:
+            self._clients[model.name] = model.capabilities.batches(model, self.session)
+        return self._clients[model.name]
 
     # -- create ----------------------------------------------------------------
 
@@ -208,9 +217,11 @@ class BatchLane:
             sample_of=request.sample_of,
         )
 
-    def _upstream_line(self, job: BatchJob, request: Request) -> bytes:
+    def _upstream_line(self, job: BatchJob, request: Request, client: BatchClient) -> bytes:
         # The key is the custom_id upstream: identical lines were merged, so it is unique.
         body = self._call(job, request).upstream_body()
+        assert body is not None
+        body["model"] = client.line_model
         return (
             orjson.dumps({"custom_id": request.key, "method": "POST", "url": job.endpoint, "body": body})
             + b"\n"
@@ -226,14 +237,14 @@ class BatchLane:
         for name, keys in by_model.items():
             model = self.config.model(name)
             assert model is not None
-            engine = engine_of(model)
-            if engine == "local":
+            client = self._client(model)
+            if client is None or engine_of(model, client) == "local":
                 chunks.append(Chunk(model=name, engine="local", keys=keys))
                 continue
             current: list[str] = []
             size = 0
             for key in keys:
-                line = len(self._upstream_line(job, job.requests[key]))
+                line = len(self._upstream_line(job, job.requests[key], client))
                 if current and (len(current) >= model.batch.max_lines or size + line > model.batch.max_bytes):
                     chunks.append(Chunk(model=name, engine="upstream", keys=current))
                     current, size = [], 0
@@ -269,14 +280,14 @@ class BatchLane:
             await self._settle_unanswered(job, chunk, {}, "cancelled")
             return
         model = self.config.model(chunk.model)
-        assert model is not None
-        client = UpstreamBatches(model, self.session)
+        client = self._client(model) if model is not None else None
+        assert client is not None, f"model {chunk.model} left the config or lost its batch API"
         tag = {"replaygate_batch": job.id, "replaygate_chunk": str(number)}
         try:
             # A submit the journal never heard back from (a crash, a lost reply) is found, not repeated.
             batch = await client.find(tag)
             if batch is None:
-                content = b"".join(self._upstream_line(job, job.requests[key]) for key in chunk.keys)
+                content = b"".join(self._upstream_line(job, job.requests[key], client) for key in chunk.keys)
                 file_id = await client.upload(content, f"{job.id}-{number}.jsonl")
                 batch = await client.create(file_id, job.endpoint, tag)
         except BatchUpstreamError as exc:
@@ -296,8 +307,8 @@ class BatchLane:
 
     async def _poll(self, job: BatchJob, chunk: Chunk) -> None:
         model = self.config.model(chunk.model)
-        assert model is not None and chunk.upstream_batch_id is not None
-        client = UpstreamBatches(model, self.session)
+        client = self._client(model) if model is not None else None
+        assert client is not None and chunk.upstream_batch_id is not None
         try:
             if job.status == "cancelling":  # asked again at each poll until it ends: cancel is idempotent
                 await client.cancel(chunk.upstream_batch_id)

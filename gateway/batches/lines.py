@@ -25,6 +25,21 @@ UNANSWERED = {
 }
 
 
+# Endpoints a client may expect in a batch that the lane does not answer, and why.
+NOT_BATCHED = {
+    "/v1/embeddings": (
+        "the batch lane does not answer /v1/embeddings yet (its cache is per input, the lane's per"
+        " request): send embeddings to /v1/embeddings online, where only the inputs not cached go upstream"
+    ),
+}
+
+
+def refuse_unbatched(url: Any, where: str) -> None:
+    """A 400 saying why, when ``url`` is an endpoint the lane does not answer (``where``: what named it)."""
+    if isinstance(url, str) and url in NOT_BATCHED:
+        raise bad_request(f"{where}: {NOT_BATCHED[url]}", "unsupported_batch_endpoint")
+
+
 def parse_input(content: bytes, endpoint: str) -> list[tuple[str, dict[str, Any]]]:
     """Each line's ``custom_id`` and body, in order; a 400 naming the first line that is wrong."""
     lines: list[tuple[str, dict[str, Any]]] = []
@@ -46,6 +61,7 @@ def parse_input(content: bytes, endpoint: str) -> list[tuple[str, dict[str, Any]
                 f"batch input line {number}: custom_id {custom_id!r} is repeated", "duplicate_custom_id"
             )
         seen.add(custom_id)
+        refuse_unbatched(line.get("url"), f"batch input line {number} ({custom_id!r})")
         if line.get("method", "POST") != "POST" or line.get("url") != endpoint:
             raise bad_request(
                 f"batch input line {number} must be POST {endpoint}, the batch's endpoint",

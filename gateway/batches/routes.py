@@ -9,6 +9,7 @@ from aiohttp import web
 
 from gateway.auth import check
 from gateway.batches.lane import BatchLane
+from gateway.batches.lines import refuse_unbatched
 from gateway.endpoints import Endpoint, validate_body
 from gateway.errors import GatewayError, bad_request
 from gateway.handlers import JSON, Handlers, read_json, run_of, sample_index
@@ -101,7 +102,9 @@ class BatchRoutes:
     async def create_batch(self, endpoint: Endpoint, request: web.Request) -> web.Response:
         """``POST /v1/batches``: answer the cached lines now, send the misses on."""
         run_id = self._allowed_run(request)
-        body = validate_body(endpoint.path, await read_json(request, self.handlers.config.max_body_bytes))
+        raw = await read_json(request, self.handlers.config.max_body_bytes)
+        refuse_unbatched(raw.get("endpoint") if isinstance(raw, dict) else None, "the batch's endpoint")
+        body = validate_body(endpoint.path, raw)
         grant = self.handlers.grant(request)
         job = await self.lane.create(
             run_id,

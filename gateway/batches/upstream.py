@@ -1,8 +1,12 @@
-"""A provider's own OpenAI-compatible batch API: upload a JSONL file, start a batch, poll it, read files."""
+"""A provider's own batch API, as the lane sees it (:class:`BatchClient`), and its OpenAI-compatible client.
+
+A provider class offers one through ``Capabilities.batches``; a provider that
+offers none gets the lane's local engine.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import orjson
@@ -14,12 +18,51 @@ class BatchUpstreamError(Exception):
     """The provider's batch API failed or could not be reached; the lane tries again at the next poll."""
 
 
+class BatchClient(Protocol):
+    """One model's provider batch API in OpenAI's shapes; every failure is a :class:`BatchUpstreamError`."""
+
+    # The model name the provider expects in each line's body.
+    line_model: str
+
+    async def upload(self, content: bytes, filename: str) -> str:
+        """Upload a batch input file; its id."""
+        ...
+
+    async def create(self, file_id: str, endpoint: str, metadata: dict[str, str]) -> dict[str, Any]:
+        """Start a batch over an uploaded file; the batch object."""
+        ...
+
+    async def find(self, metadata: dict[str, str]) -> dict[str, Any] | None:
+        """The batch submitted with ``metadata``, if the provider has one (a submit the journal missed)."""
+        ...
+
+    async def retrieve(self, batch_id: str) -> dict[str, Any]:
+        """The batch as the provider sees it now."""
+        ...
+
+    async def cancel(self, batch_id: str) -> dict[str, Any]:
+        """Ask the provider to stop the batch."""
+        ...
+
+    async def content(self, file_id: str | None) -> bytes:
+        """A file's bytes (none for no file)."""
+        ...
+
+
+def matches(batch: Any, metadata: dict[str, str]) -> bool:
+    """Whether a provider's batch object carries every item of ``metadata``."""
+    return isinstance(batch, dict) and all(
+        (batch.get("metadata") or {}).get(k) == v for k, v in metadata.items()
+    )
+
+
 class UpstreamBatches:
     """``{api_base}/files`` and ``{api_base}/batches`` of one model's provider, on the app's session."""
 
     def __init__(self, model: ModelConfig, session: aiohttp.ClientSession) -> None:
         self.model = model
         self.session = session
+        self.line_model = model.target_model
         self.base = (model.api_base or "https://api.openai.com/v1").rstrip("/")
         self.timeout = aiohttp.ClientTimeout(total=model.timeout_s)
 
@@ -78,9 +121,7 @@ class UpstreamBatches:
             page = await self._json("GET", "/batches", params=params)
             batches = page.get("data") or []
             for batch in batches:
-                if isinstance(batch, dict) and all(
-                    (batch.get("metadata") or {}).get(k) == v for k, v in metadata.items()
-                ):
+                if matches(batch, metadata):
                     return batch
             if not page.get("has_more") or not batches:
                 return None

@@ -57,3 +57,12 @@ class Capabilities:
     def create(cls, model: Any, session: Any) -> Any:
         """An instance for ``model``; ``session`` is the app's pooled aiohttp session, for HTTP providers."""
         return cls(model)  # type: ignore[call-arg]
+
+    @classmethod
+    def batches(cls, model: Any, session: Any) -> Any | None:
+        """The client of ``model``'s own batch API (a ``gateway.batches.upstream.BatchClient``).
+
+        None: the provider has none, and the batch lane answers its lines with
+        the local engine (ordinary requests through the pipeline).
+        """
+        return None

@@ -56,17 +56,16 @@ class LiteLLMProvider(Capabilities):
         self.model = model
         self.litellm = import_litellm()
 
+    @classmethod
+    def batches(cls, model: ModelConfig, session: Any) -> Any | None:
+        """litellm's batch functions, for the providers where litellm can create a batch; else None."""
+        from gateway.batches.via_litellm import LiteLLMBatches
+
+        return LiteLLMBatches.for_model(model)
+
     def _kwargs(self, body: dict[str, Any]) -> dict[str, Any]:
         kwargs = {k: v for k, v in body.items() if k not in _OWN}
-        kwargs.update(model=self.model.target_model, timeout=self.model.timeout_s, max_retries=0)
-        key = self.model.api_key()
-        if key:
-            kwargs["api_key"] = key
-        elif self.model.api_base and not self.model.api_key_env:
-            # A keyless local server: the OpenAI SDK under litellm refuses to send without some key.
-            kwargs["api_key"] = "no-key"
-        if self.model.api_base:
-            kwargs["api_base"] = self.model.api_base
+        kwargs.update(model=self.model.target_model, **connection(self.model))
         return kwargs
 
     def _function(self, endpoint: str) -> Any:
@@ -124,6 +123,20 @@ class LiteLLMProvider(Capabilities):
             # Not an upstream answer at all (a bug, a bad argument litellm refused early).
             return UpstreamError(500, f"litellm failed: {_message(exc)}", "upstream_error", False)
         return upstream_failure(status, _message(exc), _error_headers(exc))
+
+
+def connection(model: ModelConfig) -> dict[str, Any]:
+    """What every litellm call for ``model`` is given: key, base, timeout, and no retries of litellm's own."""
+    kwargs: dict[str, Any] = {"timeout": model.timeout_s, "max_retries": 0}
+    key = model.api_key()
+    if key:
+        kwargs["api_key"] = key
+    elif model.api_base and not model.api_key_env:
+        # A keyless local server: the OpenAI SDK under litellm refuses to send without some key.
+        kwargs["api_key"] = "no-key"
+    if model.api_base:
+        kwargs["api_base"] = model.api_base
+    return kwargs
 
 
 def _transport_failure(exc: BaseException) -> str | None:

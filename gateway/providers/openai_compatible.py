@@ -13,6 +13,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from gateway.batches.upstream import UpstreamBatches
 from gateway.config import ModelConfig
 from gateway.errors import upstream_status, upstream_timeout, upstream_unreachable
 from gateway.providers import register
@@ -28,6 +29,11 @@ class OpenAICompatibleProvider(Capabilities):
     def create(cls, model: ModelConfig, session: aiohttp.ClientSession) -> OpenAICompatibleProvider:
         """A provider on the app's pooled session."""
         return cls(model, session)
+
+    @classmethod
+    def batches(cls, model: ModelConfig, session: aiohttp.ClientSession) -> Any:
+        """``{api_base}/files`` + ``{api_base}/batches``: OpenAI's, or any server's that has them."""
+        return UpstreamBatches(model, session)
 
     def __init__(self, model: ModelConfig, session: aiohttp.ClientSession) -> None:
         self.model = model
