@@ -29,6 +29,7 @@ from gateway.report.aggregate import UnknownRun
 from gateway.report.diff import Match, diff_runs, totals_rows
 from gateway.report.log import Cursor, LogFilter, RunLog, summary
 from gateway.report.render import cell
+from gateway.report.sample_flips import FLIPS_HEADER, TaskFlips, flips_rows, ids_text
 
 PAGE_SIZE = 50
 NO_SCRIPT = "default-src 'none'; style-src 'unsafe-inline'; img-src 'none'; form-action 'self'"
@@ -293,7 +294,31 @@ class RequestPages:
                 )
             if not result.changed:
                 body.append("<p>none</p>")
+            body.append(_flips_html(result.samples, a, b))
         return _page("compare runs", "".join(body))
+
+
+def _flips_html(tasks: list[TaskFlips], a: str, b: str) -> str:
+    """The scorer's per-sample metric differences: a row per task, filter and metric, and the doc ids."""
+    if not tasks:
+        return ""
+    head = "".join(f"<th>{escape(h)}</th>" for h in FLIPS_HEADER)
+    rows = "".join(
+        "<tr>" + "".join(f'<td class="n">{escape(cell(v))}</td>' for v in row) + "</tr>"
+        for row in flips_rows(tasks)
+    )
+    ids = "".join(
+        f'<p class="meta">{escape(f"{m.task} {m.filter} {m.metric} {name}")}: '
+        f"doc ids {escape(ids_text(found))}</p>"
+        for t in tasks
+        for m in t.metrics
+        for name, found in (("up", m.up), ("down", m.down), ("other", m.other))
+        if found
+    )
+    return (
+        f"<h2>Per-sample metrics ({escape(a)} → {escape(b)}; up: {escape(b)}'s value is larger)</h2>"
+        f'<table id="sample-flips"><tr>{head}</tr>{rows}</table>{ids}'
+    )
 
 
 def _filter_form(q: Any) -> str:

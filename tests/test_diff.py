@@ -100,3 +100,126 @@ def test_the_table_shows_totals_and_answers_side_by_side(store: Path) -> None:
     out = CliRunner().invoke(main, ["diff", "a", "b", "--examples", "2", "--cache-dir", str(store)]).output
     assert "only in a: 500" in out and "only in b: 500" in out
     assert "cost (USD)" in out and out.count("≠ ") == 2 and "changed" in out
+
+
+def write_samples(cache_dir: Path, run_id: str, task: str, rows: list[dict]) -> None:
+    folder = cache_dir / "runs" / run_id / "scorer"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"samples_{task}.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
+
+
+def sample_row(doc_id: int, filter_name: str, metrics: dict) -> dict:
+    """A row shaped as `scorer score` writes it (scorer/scoring.py), prompt and response included."""
+    return {
+        "doc_id": doc_id,
+        "filter": filter_name,
+        "doc": {"question": f"q{doc_id}"},
+        "prompt": f"Question: q{doc_id}",
+        "target": "A",
+        "response": [" A"],
+        "filtered": ["A"],
+        "loglikelihoods": None,
+        "metrics": metrics,
+        "keys": ["0" * 64],
+    }
+
+
+@pytest.fixture(scope="module")
+def scored(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two scorer runs: `gsm` (two filters, exact_match and f1), `mmlu` (acc as bools), a task only in a."""
+    import random
+
+    cache_dir = tmp_path_factory.mktemp("scored")
+    records = list(synthetic_records(10, seed=2))
+    write(cache_dir, "a", records)
+    write(cache_dir, "b", records)
+    rng = random.Random(7)
+    for run, docs in (("a", range(0, 300)), ("b", range(10, 310))):  # 10 docs only in a, 10 only in b
+        gsm = [
+            sample_row(d, f, {"exact_match": rng.choice([0.0, 1.0]), "f1": rng.choice([0.0, 0.5, 1.0])})
+            for d in docs
+            for f in ("strict-match", "flexible-extract")
+        ]
+        write_samples(cache_dir, run, "gsm", gsm)
+        write_samples(
+            cache_dir, run, "mmlu", [sample_row(d, "none", {"acc": rng.random() < 0.5}) for d in docs]
+        )
+    write_samples(cache_dir, "a", "only_in_a", [sample_row(0, "none", {"acc": 1.0})])
+    return cache_dir
+
+
+def recount_flips(cache_dir: Path) -> dict[tuple[str, str, str], dict[str, list]]:
+    """For each (task, filter, metric): doc ids that went up and down from a to b, read from the raw files."""
+
+    def values(run: str, task: str) -> dict[tuple, dict]:
+        path = cache_dir / "runs" / run / "scorer" / f"samples_{task}.jsonl"
+        return {
+            (r["doc_id"], r["filter"]): r["metrics"] for r in map(json.loads, path.read_text().splitlines())
+        }
+
+    out: dict[tuple[str, str, str], dict[str, list]] = {}
+    for task in ("gsm", "mmlu"):
+        a, b = values("a", task), values("b", task)
+        for doc_id, filter_name in b:
+            if (doc_id, filter_name) not in a:
+                continue
+            for metric, vb in b[(doc_id, filter_name)].items():
+                va = a[(doc_id, filter_name)][metric]
+                slot = out.setdefault((task, filter_name, metric), {"up": [], "down": []})
+                if vb > va:
+                    slot["up"].append(doc_id)
+                elif vb < va:
+                    slot["down"].append(doc_id)
+    return out
+
+
+def test_diff_lists_the_samples_whose_metric_flipped_as_a_recount_does(scored: Path) -> None:
+    want = recount_flips(scored)
+    got = diff(scored)["samples"]
+    assert [t["task"] for t in got] == ["gsm", "mmlu"]  # only_in_a has no counterpart in b
+    for task in got:
+        assert (task["in_both"], task["only_a"], task["only_b"]) == (
+            (290 * 2, 10 * 2, 10 * 2) if task["task"] == "gsm" else (290, 10, 10)
+        )
+    flips = {(m["task"], m["filter"], m["metric"]): m for t in got for m in t["metrics"]}
+    assert flips.keys() == want.keys() and len(flips) == 5
+    for slot, m in flips.items():
+        assert m["up_doc_ids"] == want[slot]["up"] and m["down_doc_ids"] == want[slot]["down"], slot
+        assert (m["up"], m["down"], m["other"]) == (len(want[slot]["up"]), len(want[slot]["down"]), 0)
+        assert m["changed"] == m["up"] + m["down"] > 50
+    acc = flips[("mmlu", "none", "acc")]
+    b_rows = (scored / "runs" / "b" / "scorer" / "samples_mmlu.jsonl").read_text().splitlines()
+    b_acc = [r["metrics"]["acc"] for r in map(json.loads, b_rows) if r["doc_id"] < 300]
+    assert acc["compared"] == 290 and acc["mean_b"] == pytest.approx(sum(b_acc) / len(b_acc))
+
+
+def test_runs_without_scorer_samples_show_no_sample_section(store: Path) -> None:
+    assert diff(store)["samples"] == []
+    out = CliRunner().invoke(main, ["diff", "a", "b", "--cache-dir", str(store)]).output
+    assert "per-sample" not in out
+
+
+def test_the_table_and_compare_page_name_the_flipped_doc_ids(scored: Path) -> None:
+    import asyncio
+
+    from aiohttp import web
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from gateway.request_pages import RequestPages
+
+    acc = next(m for t in diff(scored)["samples"] if t["task"] == "mmlu" for m in t["metrics"])
+    first_up = ", ".join(str(i) for i in acc["up_doc_ids"][:20])
+    out = CliRunner().invoke(main, ["diff", "a", "b", "--cache-dir", str(scored)]).output
+    assert "per-sample metrics" in out and f"mmlu none acc up: doc ids {first_up}, …" in out
+    assert f"{acc['up']:,}" in out.split("mmlu none acc up")[0]  # the table row
+
+    async def page() -> str:
+        app = web.Application()
+        RequestPages(scored).add_routes(app.router)
+        async with TestClient(TestServer(app)) as client:
+            response = await client.get("/ui/compare", params={"a": "a", "b": "b"})
+            assert response.status == 200
+            return await response.text()
+
+    html = asyncio.run(page())
+    assert 'id="sample-flips"' in html and f"mmlu none acc up: doc ids {first_up}" in html

@@ -134,3 +134,37 @@ def test_table_and_json_carry_the_same_records(store: Path) -> None:
 def test_an_unknown_run_is_one_line_and_exit_2(store: Path) -> None:
     result = CliRunner().invoke(main, ["log", "nobody", "--cache-dir", str(store)])
     assert result.exit_code == 2 and "nobody" in result.output
+
+
+def test_lines_and_blocks_read_backwards_equal_a_forward_split_at_any_block_size(tmp_path: Path) -> None:
+    import random
+
+    from cache.reverse import blocks_backwards, lines_backwards
+
+    for trial in range(200):
+        rng = random.Random(trial)
+        lines = [b"x" * rng.randint(0, 40) + b"\n" for _ in range(rng.randint(0, 30))]
+        data = b"".join(lines)
+        path = tmp_path / f"{trial}.jsonl"
+        path.write_bytes(data + (b"torn" if trial % 3 == 0 else b""))  # a torn last line is never read
+        block = rng.randint(1, 64)
+        offsets = [sum(map(len, lines[:i])) for i in range(len(lines))]
+        assert list(lines_backwards(path, block=block)) == list(zip(offsets, lines, strict=True))[::-1]
+        blocks = list(blocks_backwards(path, block=block))
+        assert b"".join(b[first:] for _, b, first in reversed(blocks)) == data
+        assert all(data[pos : pos + len(b)] == b and b.endswith(b"\n") for pos, b, _ in blocks)
+        assert all(first == 0 or b[first - 1 : first] == b"\n" for _, b, first in blocks)
+
+
+@pytest.mark.parametrize("grep", ["QUESTION 17", " 398", "again"])
+def test_a_text_search_over_small_blocks_equals_a_recount(
+    store: Path, grep: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gateway.report.log as log_module
+
+    monkeypatch.setattr(log_module, "SEARCH_BLOCK", 700)  # about a line: matches and hits at every block edge
+    needle = grep.lower()
+    want = [r for r in raw_records(store) if needle in (r["request"]["prompt"] + "\n" + answer(r)).lower()]
+    got = [e.record for e in RunLog(store, RUN).entries(LogFilter(grep=grep))]
+    assert want and len(got) == len(want)
+    assert [r["key"] + str(r["ts"]) for r in got] == newest_first(want)

@@ -9,6 +9,9 @@ request several times counts once, with its latest answer.
 Memory: a 16-byte digest per distinct request of run A, plus the examples
 kept for display; answers are compared by digest, and the texts of the
 differing ones shown are read in a second pass over A.
+
+For the scorer's runs the per-sample metric values are compared too
+(:mod:`gateway.report.sample_flips`: which samples flipped).
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from cache.record import PAID, Record
 from cache.records import read_records
 from gateway.report.aggregate import Group, run_paths
 from gateway.report.record_text import answer_text, error_code, prompt_text
+from gateway.report.sample_flips import TaskFlips, diff_samples
+from gateway.report.sample_flips import to_text as flips_text
 
 Match = Literal["key", "request"]
 MAX_EXAMPLES = 20
@@ -82,6 +87,7 @@ class RunDiff:
     changed: list[Changed] = field(default_factory=list)
     only_a_examples: list[str] = field(default_factory=list)
     only_b_examples: list[str] = field(default_factory=list)
+    samples: list[TaskFlips] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         """Plain JSON."""
@@ -98,6 +104,7 @@ class RunDiff:
             "changed": [c.__dict__ for c in self.changed],
             "only_a_examples": self.only_a_examples,
             "only_b_examples": self.only_b_examples,
+            "samples": [t.as_dict() for t in self.samples],
         }
 
 
@@ -152,6 +159,7 @@ def diff_runs(
             result.changed.append(
                 Changed(ident, b["prompt"], a["answer"], b["answer"], a["model"], b["model"])
             )
+    result.samples = diff_samples(cache_dir, run_a, run_b)
     return result
 
 
@@ -203,6 +211,8 @@ def to_text(result: RunDiff) -> str:
             f"  {result.run_a} ({change.model_a}): {_one_line(change.answer_a)}",
             f"  {result.run_b} ({change.model_b}): {_one_line(change.answer_b)}",
         ]
+    if result.samples:
+        lines += ["", flips_text(result.samples, result.run_a, result.run_b)]
     return "\n".join(lines)
 
 
