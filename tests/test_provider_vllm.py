@@ -163,29 +163,69 @@ async def both(
 
 # -- generation -------------------------------------------------------------------
 
+# vLLM's CPU numerics are not batch-invariant: the same prompt's logprobs move by up to ~0.16 nats
+# with what else the server is running (measured; see tests/test_scheduling.py), so a greedy pick
+# between two candidates closer than this can flip. Past such a tie the texts may rightly differ.
+NEAR_TIE = 0.25
+
+
+def assert_same_greedy(
+    ours: list[tuple[str, dict[str, float]]], theirs: list[tuple[str, dict[str, float]]]
+) -> None:
+    """Both picked the same tokens, up to a point where the server's own top two were a near tie.
+
+    Each side is a list of (chosen token, top candidates with their logprobs), one per position.
+    """
+    for position, ((mine, _), (reference, candidates)) in enumerate(zip(ours, theirs, strict=False)):
+        if mine == reference:
+            continue
+        assert mine in candidates and candidates[reference] - candidates[mine] < NEAR_TIE, (
+            f"token {position}: {mine!r} where the server chose {reference!r} by more than a near tie "
+            f"({candidates})"
+        )
+        return  # the continuations of two different tokens need not agree
+    assert len(ours) == len(theirs), "one side stopped early without diverging"
+
+
+def completion_tokens(answer: Any) -> list[tuple[str, dict[str, float]]]:
+    """(token, top logprobs) per generated position of a completions answer asked with ``logprobs``."""
+    logprobs = answer["choices"][0]["logprobs"]
+    return list(zip(logprobs["tokens"], logprobs["top_logprobs"], strict=True))
+
+
+def choice_of(answer: Any, index: int) -> Any:
+    """``answer`` with only its choice ``index`` (a list of prompts answers one choice each)."""
+    return {**answer, "choices": [c for c in answer["choices"] if c["index"] == index]}
+
+
+def chat_tokens(answer: Any) -> list[tuple[str, dict[str, float]]]:
+    """(token, top logprobs) per generated position of a chat answer asked with ``top_logprobs``."""
+    content = answer["choices"][0]["logprobs"]["content"]
+    return [(t["token"], {c["token"]: c["logprob"] for c in t["top_logprobs"]}) for t in content]
+
 
 async def test_greedy_completions_match_the_vllm_server(
     engine: EngineGateway, vllm: VLLMServer, http: aiohttp.ClientSession
 ) -> None:
     for prompt in PROMPTS:
-        body = {"model": "smollm2", "prompt": prompt, "max_tokens": 16, "temperature": 0}
+        body = {"model": "smollm2", "prompt": prompt, "max_tokens": 16, "temperature": 0, "logprobs": 2}
         mine, theirs = await both(http, engine, vllm, "/v1/completions", body)
-        assert mine["choices"][0]["text"] == theirs["choices"][0]["text"], prompt
-        assert mine["usage"] == theirs["usage"]
+        assert_same_greedy(completion_tokens(mine), completion_tokens(theirs))
+        assert mine["usage"]["prompt_tokens"] == theirs["usage"]["prompt_tokens"]
 
 
 async def test_a_list_of_prompts_and_token_id_prompts_match_the_vllm_server(
     engine: EngineGateway, vllm: VLLMServer, http: aiohttp.ClientSession
 ) -> None:
-    body = {"model": "smollm2", "prompt": PROMPTS, "max_tokens": 8, "temperature": 0}
+    body = {"model": "smollm2", "prompt": PROMPTS, "max_tokens": 8, "temperature": 0, "logprobs": 2}
     mine, theirs = await both(http, engine, vllm, "/v1/completions", body)
-    assert [c["text"] for c in sorted(mine["choices"], key=lambda c: c["index"])] == [
-        c["text"] for c in sorted(theirs["choices"], key=lambda c: c["index"])
-    ]
+    assert len(mine["choices"]) == len(theirs["choices"]) == len(PROMPTS)
+    for index in range(len(PROMPTS)):
+        assert_same_greedy(*(completion_tokens(choice_of(a, index)) for a in (mine, theirs)))
     ids = (await post(http, vllm.url + "/tokenize", {"model": "smollm2", "prompt": PROMPTS[0]}))["tokens"]
-    body = {"model": "smollm2", "prompt": ids, "max_tokens": 8, "temperature": 0}
+    body = {**body, "prompt": ids}
     mine, theirs = await both(http, engine, vllm, "/v1/completions", body)
-    assert mine["choices"][0]["text"] == theirs["choices"][0]["text"]
+    assert_same_greedy(completion_tokens(mine), completion_tokens(theirs))
 
 
 @pytest.mark.parametrize("max_tokens", [0, 1])
@@ -208,11 +248,10 @@ async def test_greedy_chat_matches_the_vllm_server(
     engine: EngineGateway, vllm: VLLMServer, http: aiohttp.ClientSession
 ) -> None:
     messages = [{"role": "user", "content": "Name three colours."}]
-    body = {"model": "smollm2", "messages": messages, "max_tokens": 20, "temperature": 0, "logprobs": True}
+    body = {"model": "smollm2", "messages": messages, "max_tokens": 20, "temperature": 0}
+    body |= {"logprobs": True, "top_logprobs": 2}
     mine, theirs = await both(http, engine, vllm, "/v1/chat/completions", body)
-    assert mine["choices"][0]["message"]["content"] == theirs["choices"][0]["message"]["content"]
-    ours = [t["token"] for t in mine["choices"][0]["logprobs"]["content"]]
-    assert ours == [t["token"] for t in theirs["choices"][0]["logprobs"]["content"]]
+    assert_same_greedy(chat_tokens(mine), chat_tokens(theirs))
 
 
 async def test_a_streamed_completion_carries_the_servers_text(
