@@ -122,6 +122,11 @@ def rows(dom: str) -> list[tuple[str, str]]:
     )
 
 
+def row_html(dom: str, row_id: str) -> str:
+    """The HTML of the log table's row ``row_id`` (by its whole data-id: "1:10" is inside "1:1024")."""
+    return dom.split(f'data-id="{row_id}"', 1)[1].split("</tr>", 1)[0]
+
+
 def cli_log(gateway: RunningGateway, *args: str) -> list[dict]:
     argv = ["log", RUN, *args, "--format", "jsonl", "--cache-dir", str(gateway.cache_dir)]
     return [json.loads(line) for line in CliRunner().invoke(main, argv).output.splitlines()]
@@ -148,9 +153,7 @@ async def test_request_log_filters_views_and_compare_in_chromium(gateway: Runnin
     found = rows(await dom_of(gateway, f"/ui/runs/{RUN}/requests?q=blue"))
     assert len(found) == 1 and found[0][1] == "miss"
 
-    evil_id = next(
-        i for i, _ in shown if i.startswith("1:") and "nasty" in page.split(i)[1].split("</tr>")[0]
-    )
+    evil_id = next(i for i, _ in shown if i.startswith("1:") and "nasty" in row_html(page, i))
     view = await dom_of(gateway, f"/ui/runs/{RUN}/requests/{evil_id}")
     assert html.escape(EVIL, quote=False) in view  # the answer is text on the page
     assert "data-pwned" not in view.split("<body")[1].split(">")[0] and "<img" not in view
@@ -158,7 +161,7 @@ async def test_request_log_filters_views_and_compare_in_chromium(gateway: Runnin
         screenshot, f"{gateway.url}/ui/runs/{RUN}/requests/{evil_id}", "request-view-markup"
     )
 
-    tool_id = next(i for i, _ in shown if "get_weather" in page.split(i)[1].split("</tr>")[0])
+    tool_id = next(i for i, _ in shown if "get_weather" in row_html(page, i))
     view = await dom_of(gateway, f"/ui/runs/{RUN}/requests/{tool_id}")
     assert "tool call <b>get_weather</b>" in view and 'class="logprobs"' in view and "-0.25" in view
     assert re.search(r'data-key="TTFT ms">40<', view) and "Weather in Paris?" in view
