@@ -239,9 +239,13 @@ class Pipeline:
         await self._record(call, served, started, body=body, request=request, attempts=attempts, data=data)
         if call.cache_mode == "bypass":
             return
+        await self._index(call.key, body)
+
+    async def _index(self, key: str, body: bytes) -> None:
+        """Store an answer already recorded; a failure (a full disk) is logged: the record still stands."""
         try:
-            await self.index.aset(call.key, body)
-        except (OSError, sqlite3.Error) as exc:  # e.g. a full disk: the kept record still stands
+            await self.index.aset(key, body)
+        except (OSError, sqlite3.Error) as exc:
             log.warning("index write failed (%s); `gateway cache rebuild` restores it from the records", exc)
 
     async def settle_batch(
@@ -320,10 +324,7 @@ class Pipeline:
         )
         if call.cache_mode != "bypass":
             for key, _ in paid:
-                try:
-                    await self.index.aset(key, parts[key])
-                except (OSError, sqlite3.Error) as exc:
-                    log.warning("index write failed (%s); `gateway cache rebuild` restores it", exc)
+                await self._index(key, parts[key])
         return Answer(body, served)
 
     # -- streamed answers ------------------------------------------------------

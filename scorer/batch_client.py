@@ -20,10 +20,10 @@ from typing import Any
 import aiohttp
 import orjson
 
+from cache.atomic import write_atomic
 from scorer.client import GatewayClient
 from scorer.errors import GatewayFailure
 from scorer.requests import Request
-from scorer.store import write_atomic
 
 DONE = frozenset({"completed", "failed", "expired", "cancelled"})
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import orjson
 
+from cache.atomic import write_atomic
 from scorer.errors import BadInput, MissingResponses
 from scorer.manifest import SEQUENTIAL, Manifest
 from scorer.requests import ModelSettings, RequestBuilder
@@ -30,7 +31,7 @@ from scorer.results import results_document, table
 from scorer.rounds import DocPlan, Documents, eval_prompts, plans_of, texts_of, train_prompts
 from scorer.scoring import TaskScorer, TaskScores
 from scorer.stderr import DEFAULT_BOOTSTRAP_ITERS
-from scorer.store import ResponseReader, RunFolder, write_atomic
+from scorer.store import ResponseReader, RunFolder
 from scorer.tasks import TaskConfig, parse_task, with_overrides
 from scorer.tokenizer import TableTokenizer, prefix_texts, prefix_token, tokenize_key, tokenizer_info_key
 

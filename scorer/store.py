@@ -26,6 +26,7 @@ from typing import Any
 
 import orjson
 
+from cache.atomic import write_atomic
 from cache.index import ResponseIndex
 from cache.records import read_records, shard_paths
 from cache.runs import BadRunId, check_run_id, run_dir
@@ -37,17 +38,6 @@ def default_cache_dir() -> Path:
     """The gateway's default store: ``$REPLAYGATE_HOME/store`` (``~/.cache/replaygate/store``)."""
     home = os.environ.get("REPLAYGATE_HOME")
     return (Path(home) if home else Path.home() / ".cache" / "replaygate") / "store"
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 def jsonl_bytes(rows: Iterable[Any]) -> bytes:

@@ -8,7 +8,6 @@ none (a stray temporary at worst).
 
 from __future__ import annotations
 
-import os
 import secrets
 import time
 from pathlib import Path
@@ -16,21 +15,7 @@ from typing import Any
 
 import orjson
 
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` all at once: a temporary, fsynced, renamed, the folder fsynced."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
+from cache.atomic import write_atomic
 
 
 def new_id(prefix: str) -> str:

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from gateway.batches.files import write_atomic
+from cache.atomic import write_atomic
 
 TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
 LineState = Literal["cached", "pending", "ok", "failed"]
