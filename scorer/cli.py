@@ -106,7 +106,11 @@ def main() -> None:
     "--num-fewshot", type=int, default=None, help="Few-shot examples per prompt (overrides the task)."
 )
 @click.option("--limit", type=int, default=None, help="Evaluate only the first N documents of each task.")
-@click.option("--predict-only", is_flag=True, help="Generate and record, do not score.")
+@click.option(
+    "--predict-only",
+    is_flag=True,
+    help="Generate and record the model's answers, do not judge or score (judge later with --judge-only).",
+)
 @click.option("--skip-train", is_flag=True, help="Send no train round: reuse its cached answers.")
 @click.option("--skip-eval", is_flag=True, help="Send only the train round.")
 @click.option("--gen-kwargs", default=None, help="Generation kwargs k=v,… overriding the tasks'.")
@@ -140,6 +144,13 @@ def main() -> None:
     "(prompt, kind, model); only judge calls are sent.",
 )
 @click.option("--judge-model", default=None, help="Judge with this model (one the gateway serves).")
+@click.option(
+    "--judge-against",
+    default=None,
+    metavar="RUN_ID",
+    help="Pairwise tasks: compare against this run's answers (same cache dir, task and documents) "
+    "instead of the reference.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the results JSON instead of the table.")
 @cache_dir_option
 @include_option
@@ -162,6 +173,7 @@ def run_command(
     batch: bool,
     judge_only: bool,
     judge_model: str | None,
+    judge_against: str | None,
     as_json: bool,
     cache_dir: Path | None,
     include_paths: tuple[Path, ...],
@@ -176,7 +188,9 @@ def run_command(
         raise BadInput("--limit must be at least 1")
     if num_fewshot is not None and num_fewshot < 0:
         raise BadInput("--num-fewshot must be non-negative")
-    RunFolder(cache_dir or default_cache_dir(), run_id)  # a bad run-id fails before anything else
+    for given in (run_id, judge_against):  # a bad run-id fails before anything else
+        if given is not None:
+            RunFolder(cache_dir or default_cache_dir(), given)
     selection = resolve_selection(tasks, list(include_paths))
     options = RunOptions(
         tasks=selection.tasks,
@@ -196,6 +210,8 @@ def run_command(
         batch=batch,
         judge_only=judge_only,
         judge_model=judge_model,
+        judge_against=judge_against,
+        judge=not predict_only,
     )
     try:
         report = asyncio.run(run(options))
@@ -215,6 +231,13 @@ def run_command(
     else:
         click.echo(f"run {run_id}: distinct requests {sent}", err=True)
     if predict_only or skip_eval:
+        unjudged = [t.name for t in selection.tasks if t.raw.get("judge")] if predict_only else []
+        if unjudged:
+            click.echo(
+                f"run {run_id}: judge round not sent for {', '.join(unjudged)}; judge with "
+                f"`scorer run {tasks} --run-id {run_id} --judge-only …`",
+                err=True,
+            )
         click.echo(f"run {run_id}: recorded; score it with `scorer score {run_id}`", err=True)
         return
     _score(options.cache_dir, run_id, None, None, bootstrap_iters, as_json)

@@ -20,9 +20,12 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from scorer.groups import GroupConfig, group_results
+from scorer.judge.aggregate import judge_directions
 from scorer.manifest import SCORER_VERSION, Manifest
 from scorer.scoring import TaskScores
 from scorer.stderr import DEFAULT_BOOTSTRAP_ITERS
+
+ARROWS = {True: "↑", False: "↓", None: " "}  # lm-eval's table; None: a count with no better direction
 
 
 def _git_hash(cwd: str | None = None) -> str | None:
@@ -74,7 +77,11 @@ def results_document(
     results.update(aggregated)
     n_shot = {s.task.name: s.task.num_fewshot for s in scores}
     higher: dict[str, dict[str, bool | None]] = {
-        s.task.name: {m.name: m.higher_is_better for m in s.task.metrics} for s in scores
+        s.task.name: {
+            **{m.name: m.higher_is_better for m in s.task.metrics},
+            **judge_directions(metric for metric, _ in s.values),
+        }
+        for s in scores
     }
     _propagate(groups, aggregated, n_shot, higher)
     return {
@@ -165,7 +172,7 @@ def table(document: dict[str, Any]) -> str:
                 continue
             metric, filter_name = key.split(",", 1)
             stderr = entry.get(f"{metric}_stderr,{filter_name}", "N/A")
-            arrow = "↑" if better.get(metric, True) else "↓"
+            arrow = ARROWS[better.get(metric, True)]
             lines.append(
                 f"|{task}|{version}|{filter_name}|{shots}|{metric}|{arrow}|{_fmt(value)}|±|{_fmt(stderr)}|"
             )

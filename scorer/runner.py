@@ -24,9 +24,9 @@ from scorer.errors import BadInput, GatewayUnreachable
 from scorer.groups import GroupConfig
 from scorer.helpers import apply_process_docs
 from scorer.judge.config import judge_of
-from scorer.judge.replay import answers_from_cache, eval_plans_from_cache
+from scorer.judge.replay import answers_from_cache, baseline_of, eval_plans_from_cache
 from scorer.judge.round import JudgeSettings
-from scorer.judge.run import judge_model_of, send_judge, send_turns, with_judge_model
+from scorer.judge.run import judge_model_of, send_judge, send_turns, with_judge
 from scorer.manifest import SEQUENTIAL, Manifest, TaskEntry
 from scorer.prompts import draw_shots
 from scorer.replay import cached_responses, cached_tokens, documents_of, settings_of, train_answers
@@ -58,6 +58,8 @@ class RunOptions:
     batch: bool = False  # send the rounds through the gateway's batch lane (scorer.batch_client)
     judge_only: bool = False  # judge the answers already in the run: only judge calls are made
     judge_model: str | None = None  # --judge-model: judge every judged task with this model
+    judge_against: str | None = None  # --judge-against: pairwise tasks judged against this run's answers
+    judge: bool = True  # send the judge round (--predict-only: answers only; judge later with --judge-only)
 
 
 @dataclass
@@ -152,9 +154,15 @@ async def run(options: RunOptions) -> RunReport:
     if options.judge_only:
         return await judge_only(options, folder)
     tasks = [
-        with_judge_model(_with_fewshot(t, options.num_fewshot), options.judge_model) for t in options.tasks
+        with_judge(_with_fewshot(t, options.num_fewshot), options.judge_model, options.judge_against)
+        for t in options.tasks
     ]
     prepared = [(t, *gather_documents(t, options.limit, options.seed)) for t in tasks]
+    baselines = {  # read before anything is sent: a baseline that does not fit stops the run here
+        t.name: baseline_of(options.cache_dir, judge, t, docs)
+        for t, docs, _ in prepared
+        if options.judge and (judge := judge_of(t.raw)) is not None
+    }
     report = RunReport()
     live_client = (
         BatchGatewayClient(options.gateway, options.run_id, BatchLedger(folder.scorer), options.concurrency)
@@ -172,12 +180,14 @@ async def run(options: RunOptions) -> RunReport:
             report.offline = str(exc)
             try:
                 upstream_model, upstream = await client.model_names(options.model)
-                await _rounds(client, options, folder, tasks, prepared, upstream_model, upstream, report)
+                await _rounds(
+                    client, options, folder, tasks, prepared, baselines, upstream_model, upstream, report
+                )
             finally:
                 reader.close()
             report.read = client.read
             return report
-        await _rounds(client, options, folder, tasks, prepared, upstream_model, upstream, report)
+        await _rounds(client, options, folder, tasks, prepared, baselines, upstream_model, upstream, report)
     return report
 
 
@@ -187,6 +197,7 @@ async def _rounds(
     folder: RunFolder,
     tasks: list[TaskConfig],
     prepared: list[tuple[TaskConfig, Documents, int]],
+    baselines: dict[str, dict[int, list[str]] | None],
     upstream_model: str,
     upstream: str,
     report: RunReport,
@@ -256,8 +267,10 @@ async def _rounds(
         judge = judge_of(task.raw)
         if judge is not None or task.raw.get("turns"):
             conversation = await send_turns(client, task, settings.namespace, plans, responses, report.sent)
-            if judge is not None:
-                judge_settings = JudgeSettings(judge, manifest.judge_namespaces[judge.model], manifest.seed)
+            if judge is not None and options.judge:
+                judge_settings = JudgeSettings(
+                    judge, manifest.judge_namespaces[judge.model], manifest.seed, baselines[task.name]
+                )
                 await send_judge(client, task, judge_settings, plans, conversation, report.sent)
                 _mark(manifest, "judge", task.name)
     folder.write_manifest(manifest)
@@ -280,29 +293,33 @@ async def judge_only(options: RunOptions, folder: RunFolder) -> RunReport:
         if not given.raw.get("judge"):
             raise BadInput(f"--judge-only: task {given.name} has no judge: section")
         stored = manifest.tasks[given.name].config
-        task = with_judge_model(
+        task = with_judge(
             parse_task(
                 {**stored, "judge": given.raw["judge"]}, f"task {given.name} (judge from {given.name})"
             ),
             options.judge_model,
+            options.judge_against,
         )
         chosen.append(task)
     reader = ResponseReader(options.cache_dir, options.run_id)
     try:
         conversations = []
         for task in chosen:  # every answer first: a missing one sends nothing at all
-            plans = eval_plans_from_cache(reader, manifest, task, documents_of(folder, manifest, task))
-            conversations.append((task, plans, answers_from_cache(reader, manifest, task, plans)))
+            docs = documents_of(folder, manifest, task)
+            plans = eval_plans_from_cache(reader, manifest, task, docs)
+            answers = answers_from_cache(reader, manifest, task, plans)
+            judge = judge_of(task.raw)
+            assert judge is not None
+            conversations.append(
+                (task, judge, plans, answers, baseline_of(options.cache_dir, judge, task, docs))
+            )
     finally:
         reader.close()
     async with GatewayClient(options.gateway, options.run_id, options.concurrency) as client:
-        for task, plans, answers in conversations:
-            judge = judge_of(task.raw)
-            assert judge is not None
+        for task, judge, plans, answers, baseline in conversations:
             namespace = manifest.judge_namespaces[judge.model] = (await client.model_names(judge.model))[1]
-            await send_judge(
-                client, task, JudgeSettings(judge, namespace, manifest.seed), plans, answers, report.sent
-            )
+            settings = JudgeSettings(judge, namespace, manifest.seed, baseline)
+            await send_judge(client, task, settings, plans, answers, report.sent)
             manifest.tasks[task.name].config = task.raw
             _mark(manifest, "judge", task.name)
     folder.write_manifest(manifest)

@@ -20,10 +20,11 @@ from cache.index import ResponseIndex
 from scorer.errors import BadInput, MissingResponses
 from scorer.judge.config import JudgeConfig, judge_label, judge_of, parse_judge
 from scorer.judge.parse import TIE, parse_verdict
-from scorer.judge.replay import eval_plans_from_cache
+from scorer.judge.replay import baseline_of, eval_plans_from_cache
 from scorer.judge.round import JudgeSettings
-from scorer.judge.run import send_judge, send_turns
+from scorer.judge.run import send_judge, send_turns, with_judge
 from scorer.replay import documents_of, score_run
+from scorer.results import table
 from scorer.requests import Request
 from scorer.store import ResponseReader, RunFolder
 from scorer.tasks import TaskConfig, parse_task
@@ -107,7 +108,10 @@ async def judge_run(
         plans = [p for p in plans if p.doc_id in judge_only_these]
     judge = judge_of(task.raw)
     assert judge is not None
-    await send_judge(stand_in, task, JudgeSettings(judge, JUDGE, manifest.seed), plans, answers, sent)
+    baseline = baseline_of(tmp_path, judge, task, documents_of(folder, manifest, task))
+    await send_judge(
+        stand_in, task, JudgeSettings(judge, JUDGE, manifest.seed, baseline), plans, answers, sent
+    )
     return stand_in
 
 
@@ -224,6 +228,66 @@ async def test_pairwise_win_rate_swaps_orders_counts_ties_half_and_unparsed_apar
         1,
         1,
     )
+    document = results(tmp_path)
+    better = document["higher_is_better"][task.name]
+    assert (better["judge_win_rate"], better["judge_losses"], better["judge_unparsed"]) == (True, False, None)
+    rows = {line.split("|")[5]: line.split("|")[6] for line in table(document).splitlines()[2:]}
+    assert (rows["judge_win_rate"], rows["judge_losses"], rows["judge_ties"]) == ("↑", "↓", " ")
+
+
+def baseline_task() -> TaskConfig:
+    """The pairwise task as another model's run made it (its requests have keys of their own)."""
+    kwargs = {"until": [], "max_gen_toks": 32, "temperature": 0}
+    return judged_task("pairwise", PAIRWISE_PROMPT, generation_kwargs=kwargs)
+
+
+async def test_pairwise_against_another_run_compares_with_its_answers_in_both_orders(tmp_path: Path) -> None:
+    docs = [{"q": f"question {i}", "a": f"REF {i}"} for i in range(6)]
+    write_run(tmp_path, "base", baseline_task(), docs, lambda i, d: f"BASE {i}")
+    task = with_judge(judged_task("pairwise", PAIRWISE_PROMPT), None, "base")
+
+    def script(prompt: str) -> str:
+        assert "REF" not in prompt  # the other run's answer stands where the reference would
+        return pairwise_script(prompt.replace("BASE", "REF"))
+
+    stand_in = await judge_run(tmp_path, task, docs, lambda i, d: f"MODEL {i}", script)
+
+    prompts = [p for _, p in stand_in.calls]
+    assert len(prompts) == 12
+    assert {"Q: question 0\n[A] MODEL 0\n[B] BASE 0", "Q: question 0\n[A] BASE 0\n[B] MODEL 0"} <= set(
+        prompts
+    )
+    entry = results(tmp_path)["results"][task.name]  # replayed: the baseline's answers read from the cache
+    assert entry["judge_win_rate,none"] == pytest.approx((1 + 0.5 + 0.5 + 0 + 0.75) / 5)
+
+
+@pytest.mark.parametrize(
+    ("base_docs", "expected"),
+    [
+        (None, "no run 'base'"),
+        ([{"q": f"question {i}", "a": "-"} for i in range(2)], "did not answer document 2"),
+        ([{"q": "another", "a": "-"}] * 3, "did not answer document 0"),
+    ],
+)
+def test_a_baseline_run_that_does_not_fit_is_refused_naming_why(
+    tmp_path: Path, base_docs: list[dict[str, Any]] | None, expected: str
+) -> None:
+    docs = [{"q": f"question {i}", "a": "-"} for i in range(3)]
+    plain = judged_task("pairwise", PAIRWISE_PROMPT)
+    if base_docs is not None:
+        write_run(tmp_path, "base", baseline_task(), base_docs, lambda i, d: "x")
+    task = with_judge(plain, None, "base")
+    judge = judge_of(task.raw)
+    assert judge is not None and judge.against_run == "base"
+    write_run(tmp_path, "j", task, docs, lambda i, d: "y")
+    folder = RunFolder(tmp_path, "j")
+    with pytest.raises(BadInput, match=expected):
+        baseline_of(tmp_path, judge, task, documents_of(folder, folder.read_manifest(), task))
+
+
+def test_judge_against_needs_a_pairwise_judge() -> None:
+    with pytest.raises(BadInput, match="against_run .* needs kind: pairwise"):
+        with_judge(judged_task("single", "{{answer}}"), None, "base")
 
 
 SINGLE_VERDICTS = ["Rating: [[8]]", "[[3]]", "Rating: [5]", "Rating: [[11]]", "[[2]] or [[9]]", "no idea"]

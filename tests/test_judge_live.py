@@ -8,6 +8,7 @@ with nothing running.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -140,3 +141,34 @@ async def test_judge_only_with_a_changed_prompt_sends_one_judge_call_per_answer_
     assert outcome.code == 0, outcome.stderr
     rows = (run_dir(stoppable.cache_dir, "rejudged") / "scorer" / "judgments_alpaca_mini.jsonl").read_text()
     assert rows.count("Be strict.") == 4
+
+
+async def test_predict_only_sends_no_judge_call_and_judge_against_compares_two_runs_answers(
+    stoppable: StoppableGateway, tmp_path: Path
+) -> None:
+    task = [small_task(tmp_path / "t", "alpaca_mini")]
+    stderr = await scorer_run(stoppable, task, "base", "--predict-only")
+    assert "judge round not sent for alpaca_mini" in stderr
+    await scorer_run(stoppable, task, "short", "--predict-only", "--gen-kwargs", "max_gen_toks=12")
+    assert labels(stoppable, "base") == {"alpaca_mini": 2} and labels(stoppable, "short") == {
+        "alpaca_mini": 2
+    }
+    before = Counter(stoppable.relay.calls)
+
+    await scorer_run(stoppable, task, "short", "--judge-only", "--judge-against", "base")
+
+    sent = Counter(stoppable.relay.calls)
+    sent.subtract(before)
+    assert +sent == Counter({CHAT: 2 * 2})  # each answer against the base run's, in both orders
+    assert labels(stoppable, "short") == {"alpaca_mini": 2, "alpaca_mini/judge": 4}
+    await stoppable.stop()
+    outcome = await scorer("score", "short", "--cache-dir", str(stoppable.cache_dir), block_network=True)
+    assert outcome.code == 0, outcome.stderr
+    base_answers = [
+        str(r["response"]["choices"][0]["message"]["content"]).strip()
+        for r in read_records(shard_paths(run_dir(stoppable.cache_dir, "base")), resolve_refs=True)
+    ]
+    judgments = run_dir(stoppable.cache_dir, "short") / "scorer" / "judgments_alpaca_mini.jsonl"
+    prompts = [json.loads(row)["messages"][-1]["content"] for row in judgments.read_text().splitlines()]
+    assert len(prompts) == 4
+    assert all(base_answers) and all(sum(a in p for p in prompts) >= 2 for a in base_answers)  # both orders show it

@@ -21,6 +21,15 @@ from scorer.judge.prompt import AB, JudgeAsk
 from scorer.stderr import mean_stderr
 
 METRIC_OF_KIND = {"single": "judge_rating", "pairwise": "judge_win_rate", "rubric": "judge_pass_rate"}
+# which way each count is better: what was scored or unreadable says how the judging went, not the model
+COUNT_DIRECTIONS = {
+    "judge_wins": True,
+    "judge_losses": False,
+    "judge_ties": None,
+    "judge_scored": None,
+    "judge_unscored": None,
+    "judge_unparsed": None,
+}
 
 
 @dataclass
@@ -84,3 +93,14 @@ def aggregate(judge: JudgeConfig, judged: list[tuple[JudgeAsk, Verdict]]) -> Jud
     scores.values["judge_unscored"] = (len(items) - len(scored), "N/A")
     scores.values["judge_unparsed"] = (sum(1 for _, v in judged if not v.parsed), "N/A")
     return scores
+
+
+def judge_directions(metrics: Iterable[str]) -> dict[str, bool | None]:
+    """``higher_is_better`` of the judge numbers among ``metrics`` (None: a count with no direction)."""
+    directions: dict[str, bool | None] = {}
+    for metric in metrics:
+        if metric in COUNT_DIRECTIONS:
+            directions[metric] = COUNT_DIRECTIONS[metric]
+        elif metric.split("_turn")[0] in METRIC_OF_KIND.values():
+            directions[metric] = True
+    return directions

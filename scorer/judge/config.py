@@ -12,6 +12,8 @@
     pattern: REGEX       # how to find the verdict (defaults: MT-Bench's [[rating]], [[A]]/[[B]]/[[C]],
                          # [[PASS]]/[[FAIL]]); its first group is the verdict
     max_tokens: 512      # the judge's answer budget; the judge is greedy (temperature 0)
+    against_run: RUN_ID  # pairwise: judge against this run's answers (same cache dir, task and
+                         # documents) instead of the reference; `scorer run --judge-against` sets it
 
 ``turns: FIELD`` names the document field holding a conversation's user
 turns (MT-Bench's ``turns``); the first is asked by ``doc_to_text``, each
@@ -35,7 +37,7 @@ DEFAULT_PATTERNS = {
 }
 DEFAULT_MAX_TOKENS = 512
 JUDGE_LABEL_SUFFIX = "/judge"
-_FIELDS = {"model", "kind", "prompt", "system", "reference", "scale", "pattern", "max_tokens"}
+_FIELDS = {"model", "kind", "prompt", "system", "reference", "scale", "pattern", "max_tokens", "against_run"}
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,7 @@ class JudgeConfig:
     scale: tuple[float, float]
     pattern: str
     max_tokens: int
+    against_run: str | None = None
 
     @classmethod
     def from_raw(cls, raw: dict[str, Any]) -> JudgeConfig:
@@ -64,6 +67,7 @@ class JudgeConfig:
             (float(low), float(high)),
             raw["pattern"],
             int(raw["max_tokens"]),
+            raw.get("against_run"),
         )
 
 
@@ -104,12 +108,15 @@ def parse_judge(value: Any, at: str) -> dict[str, Any] | None:
     max_tokens = value.get("max_tokens", DEFAULT_MAX_TOKENS)
     if not isinstance(max_tokens, int) or max_tokens < 1:
         raise BadInput(f"{at}: judge.max_tokens must be a positive integer")
+    against = value.get("against_run")
+    if against is not None and (kind != "pairwise" or not isinstance(against, str) or not against):
+        raise BadInput(f"{at}: judge.against_run (a run id) needs kind: pairwise")
     for field in ("prompt", "system", "reference"):
         if value.get(field) is not None:
             if not isinstance(value[field], str):
                 raise BadInput(f"{at}: judge.{field} must be a string template")
             check_template(value[field], f"{at}: judge.{field}")
-    return {
+    normalised = {
         "model": value["model"],
         "kind": kind,
         "prompt": value["prompt"],
@@ -119,6 +126,9 @@ def parse_judge(value: Any, at: str) -> dict[str, Any] | None:
         "pattern": pattern,
         "max_tokens": max_tokens,
     }
+    if against is not None:  # only when set: judged tasks' raw form (and older manifests) stay equal
+        normalised["against_run"] = against
+    return normalised
 
 
 def parse_turns(value: Any, raw: dict[str, Any], at: str) -> str | None:

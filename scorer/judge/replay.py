@@ -3,12 +3,15 @@
 The eval round's answers (and a conversation's later turns) are read by key;
 the judge requests are rebuilt from them and their verdicts read by key. A
 verdict the cache lacks is a :class:`MissingResponses` naming the count,
-never a silent score.
+never a silent score. A pairwise judge against another run
+(``judge.against_run``) reads that run's answers the same way, from its own
+manifest and records in the same cache dir.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from scorer.errors import BadInput, MissingResponses
@@ -17,11 +20,11 @@ from scorer.judge.config import JudgeConfig, judge_label, judge_of
 from scorer.judge.round import JudgeSettings, add_turn, first_answers, judge_plan, judgment_rows, verdicts
 from scorer.judge.turns import n_turns, turn_requests
 from scorer.manifest import Manifest
-from scorer.replay import cached_responses, cached_tokens, settings_of, train_answers
+from scorer.replay import cached_responses, cached_tokens, documents_of, settings_of, train_answers
 from scorer.requests import RequestBuilder
 from scorer.rounds import DocPlan, Documents, eval_prompts, plans_of, texts_of, train_prompts
-from scorer.store import ResponseReader
-from scorer.tasks import TaskConfig
+from scorer.store import ResponseReader, RunFolder
+from scorer.tasks import TaskConfig, parse_task
 from scorer.tokenizer import TableTokenizer
 
 JUDGE_REMEDY = "run `scorer run --judge-only` to judge them"
@@ -35,15 +38,51 @@ class Judged:
     rows: list[bytes]
 
 
-def judge_settings(manifest: Manifest, judge: JudgeConfig) -> JudgeSettings:
-    """The judge settings a run recorded: the judge model's namespace from the manifest."""
+def judge_settings(
+    cache_dir: Path, manifest: Manifest, task: TaskConfig, judge: JudgeConfig, docs: Documents
+) -> JudgeSettings:
+    """The judge settings a run recorded: the judge's namespace from the manifest, any baseline's answers."""
     namespace = manifest.judge_namespaces.get(judge.model)
     if namespace is None:
         raise BadInput(
             f"run {manifest.run_id!r} has never been judged by {judge.model!r}; "
             "run `scorer run --judge-only` first"
         )
-    return JudgeSettings(judge, namespace, manifest.seed)
+    return JudgeSettings(judge, namespace, manifest.seed, baseline_of(cache_dir, judge, task, docs))
+
+
+def baseline_of(
+    cache_dir: Path, judge: JudgeConfig, task: TaskConfig, docs: Documents
+) -> dict[int, list[str]] | None:
+    """The answers of the run a pairwise judge compares against (None: it compares against the reference).
+
+    That run must hold ``task`` over the same documents; its answers, every turn, are read from the cache.
+    """
+    if judge.against_run is None:
+        return None
+    other = judge.against_run
+    folder = RunFolder(cache_dir, other)
+    if not folder.has_manifest():
+        raise BadInput(f"judge.against_run: no run {other!r} in {cache_dir}")
+    manifest = folder.read_manifest()
+    entry = manifest.tasks.get(task.name)
+    if entry is None:
+        raise BadInput(f"judge.against_run: run {other!r} has no task {task.name}")
+    theirs = parse_task(entry.config, f"run {other!r}, task {task.name}")
+    their_docs = documents_of(folder, manifest, theirs)
+    for doc_id, doc in docs.eval.items():
+        if their_docs.eval.get(doc_id) != doc:
+            raise BadInput(
+                f"judge.against_run: run {other!r} did not answer document {doc_id} of {task.name} "
+                "as this run has it (other documents, or a smaller --limit)"
+            )
+    reader = ResponseReader(cache_dir, other)
+    try:
+        plans = eval_plans_from_cache(reader, manifest, theirs, their_docs)
+        answers = answers_from_cache(reader, manifest, theirs, [p for p in plans if p.doc_id in docs.eval])
+    finally:
+        reader.close()
+    return answers
 
 
 def eval_plans_from_cache(
@@ -98,7 +137,7 @@ def judge_from_cache(
     judge = judge_of(task.raw)
     if judge is None:
         return None
-    settings = judge_settings(manifest, judge)
+    settings = judge_settings(reader.cache_dir, manifest, task, judge, docs)
     plans = eval_plans_from_cache(reader, manifest, task, docs)
     answers = answers_from_cache(reader, manifest, task, plans)
     asks = judge_plan(task, settings, plans, answers)

@@ -26,11 +26,16 @@ from scorer.templates import render
 
 @dataclass(frozen=True)
 class JudgeSettings:
-    """What a run fixes about its judge: the config (with ``--judge-model`` applied), its namespace, seed."""
+    """What a run fixes about its judge: the config (with ``--judge-model`` applied), its namespace, seed.
+
+    ``baseline`` holds another run's answers per document, turn by turn, when a
+    pairwise judge compares against that run (``judge.against_run``) instead of the reference.
+    """
 
     judge: JudgeConfig
     namespace: str
     seed: int
+    baseline: Mapping[int, list[str]] | None = None
 
 
 def answer_text(response: Mapping[str, Any]) -> str:
@@ -52,6 +57,11 @@ def add_turn(
         answers[doc_id].append(answer_text(responses[request.key]))
 
 
+def _turn_of(per_turn: list[Any], turn: int) -> Any:
+    """Turn ``turn``'s item (1-based) of a per-turn list; "" past its end."""
+    return per_turn[turn - 1] if turn <= len(per_turn) else ""
+
+
 def reference_of(task: TaskConfig, judge: JudgeConfig, plan: DocPlan, turn: int) -> Any:
     """The reference answer for a turn: ``judge.reference`` rendered, else the target; a list is per turn."""
     reference = (
@@ -60,7 +70,7 @@ def reference_of(task: TaskConfig, judge: JudgeConfig, plan: DocPlan, turn: int)
         else plan.target
     )
     if isinstance(reference, list):
-        return reference[turn - 1] if turn <= len(reference) else ""
+        return _turn_of(reference, turn)
     return reference
 
 
@@ -74,7 +84,11 @@ def judge_plan(
         questions = user_turns(task, plan)
         given = answers[plan.doc_id]
         for turn in range(1, len(given) + 1):
-            reference = reference_of(task, settings.judge, plan, turn)
+            reference = (
+                _turn_of(settings.baseline[plan.doc_id], turn)
+                if settings.baseline is not None
+                else reference_of(task, settings.judge, plan, turn)
+            )
             context = judge_context(plan.doc, questions, given, turn, reference)
             asks += judge_asks(settings.judge, settings.namespace, settings.seed, plan.doc_id, context, where)
     return asks

@@ -29,15 +29,20 @@ class Sender(Protocol):
     ) -> dict[str, dict[str, Any]]: ...
 
 
-def with_judge_model(task: TaskConfig, model: str | None) -> TaskConfig:
-    """``task`` judged by ``model`` (``--judge-model``) instead of its own judge."""
-    if model is None:
+def with_judge(task: TaskConfig, model: str | None, against_run: str | None = None) -> TaskConfig:
+    """``task`` judged by ``model`` (``--judge-model``) and against ``against_run`` (``--judge-against``).
+
+    Either flag names a judged task's judge; a task without one is refused when a flag is given.
+    """
+    changes = {k: v for k, v in (("model", model), ("against_run", against_run)) if v is not None}
+    if not changes:
         return task
     judge = task.raw.get("judge")
     if not judge:
-        raise BadInput(f"--judge-model: task {task.name} has no judge: section")
+        flags = " and ".join(f"--judge-{'model' if k == 'model' else 'against'}" for k in changes)
+        raise BadInput(f"{flags}: task {task.name} has no judge: section")
     return parse_task(
-        {**task.raw, "judge": {**judge, "model": model}}, f"task {task.name} with --judge-model"
+        {**task.raw, "judge": {**judge, **changes}}, f"task {task.name} with its --judge-* flags"
     )
 
 
