@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 import pytest
+import yaml
 
 from cache.index import ResponseIndex
 from scorer.errors import BadInput, MissingResponses
@@ -24,10 +25,11 @@ from scorer.judge.replay import baseline_of, eval_plans_from_cache
 from scorer.judge.round import JudgeSettings
 from scorer.judge.run import send_judge, send_turns, with_judge
 from scorer.replay import documents_of, score_run
-from scorer.results import table
 from scorer.requests import Request
+from scorer.results import table
+from scorer.runner import gather_documents
 from scorer.store import ResponseReader, RunFolder
-from scorer.tasks import TaskConfig, parse_task
+from scorer.tasks import BUILTIN_DIR, TaskConfig, load_task_file, parse_task
 from tests.scorer_synthetic import MODEL, write_run
 
 JUDGE = "judge-model"
@@ -397,3 +399,74 @@ def test_math_verify_metric_agrees_with_math_verify_itself(gold: str, answer: st
     delimited = gold if "$" in gold or "\\boxed" in gold else f"${gold}$"
     assert value == float(verify(parse(delimited), parse(answer))) == float(expected)
     assert get_metric("exact_match").per_sample(Sample({}, gold, [answer]), {}) == 0.0  # type: ignore[union-attr]
+
+
+# -- real benchmark files, loaded with the built-in tasks' field mapping (README, "Judged tasks") --------
+
+MTBENCH_ROWS = [  # MT-Bench's question.jsonl shape: reference only in some categories
+    {"question_id": 81, "category": "writing", "turns": ["Write a haiku.", "Now make it rhyme."]},
+    {
+        "question_id": 111,
+        "category": "math",
+        "turns": ["What is 2+2?", "And times 3?"],
+        "reference": ["4", "12"],
+    },
+]
+ALPACA_ROWS = [  # AlpacaEval's alpaca_eval.json: one JSON list
+    {"instruction": "Name a colour.", "output": "Blue.", "generator": "gpt4_1106_preview", "dataset": "x"},
+    {"instruction": "Say hi.", "output": "Hi!", "generator": "gpt4_1106_preview", "dataset": "x"},
+]
+
+
+def builtin_pointed_at(tmp_path: Path, name: str, data: Path) -> TaskConfig:
+    """A built-in judged task with ``dataset.data_files.test`` pointed at ``data``, its judge scripted."""
+    raw = yaml.safe_load((BUILTIN_DIR / f"{name}.yaml").read_text())
+    raw["dataset"]["data_files"]["test"] = str(data)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return with_judge(load_task_file(path), JUDGE)  # judged by the scripted judge
+
+
+@pytest.mark.parametrize("benchmark", ["mtbench", "alpaca"])
+async def test_real_mtbench_and_alpacaeval_files_run_with_the_builtin_field_mapping(
+    tmp_path: Path, benchmark: str
+) -> None:
+    if benchmark == "mtbench":
+        data = tmp_path / "question.jsonl"
+        data.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in MTBENCH_ROWS))
+        task = builtin_pointed_at(tmp_path, "mtbench_mini", data)
+    else:
+        data = tmp_path / "alpaca_eval.json"
+        data.write_bytes(orjson.dumps(ALPACA_ROWS, option=orjson.OPT_INDENT_2))
+        task = builtin_pointed_at(tmp_path, "alpaca_mini", data)
+    docs, n_total = gather_documents(task, None, 1234)
+    assert n_total == 2
+    rows = MTBENCH_ROWS if benchmark == "mtbench" else ALPACA_ROWS
+    stand_in = await judge_run(
+        tmp_path, task, [docs.eval[i] for i in range(2)], lambda i, d: f"ANSWER {i}", judge_script(benchmark)
+    )
+    judged = [p for label, p in stand_in.calls if label == judge_label(task.name)]
+    if benchmark == "mtbench":  # two turns each, the second asked after the model's own first answer
+        asked = [p for label, p in stand_in.calls if label == task.name]
+        assert asked == ["Now make it rhyme.", "And times 3?"]
+        assert len(judged) == 4 and sum("What is 2+2?" in p for p in judged) == 2
+    else:  # each instruction against its reference output, in both orders
+        assert len(judged) == 4
+        for row in rows:
+            shown = [p for p in judged if row["instruction"] in p]
+            assert len(shown) == 2 and all(str(row["output"]) in p and "ANSWER" in p for p in shown)
+    entry = results(tmp_path)["results"][task.name]
+    assert entry["judge_unparsed,none"] == 0 and entry["judge_scored,none"] == (
+        4 if benchmark == "mtbench" else 2
+    )
+
+
+def judge_script(benchmark: str) -> Callable[[str], str]:
+    """The model's later turns echo; the judge always rates 7 (single) or calls a tie (pairwise)."""
+
+    def script(prompt: str) -> str:
+        if prompt in ("Now make it rhyme.", "And times 3?"):
+            return "a second answer"
+        return "Rating: [[7]]" if benchmark == "mtbench" else "[[C]]"
+
+    return script
