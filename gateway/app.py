@@ -22,7 +22,7 @@ from gateway.dashboard import Dashboard
 from gateway.endpoints import ENDPOINTS, Endpoint, roots_of
 from gateway.errors import GatewayError
 from gateway.handlers import Handlers
-from gateway.launcher import LaunchedUpstream
+from gateway.launcher import launched_by, start_all, stop_all
 from gateway.metrics import Metrics
 from gateway.parser_errors import answer_parser_errors_in_json
 from gateway.pipeline import Pipeline
@@ -103,16 +103,15 @@ async def _resources(  # type: ignore[no-untyped-def]
         connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
         json_serialize=None,  # type: ignore[arg-type]
     )
-    launched = [LaunchedUpstream(m, config.cache_dir / "logs") for m in config.models if m.launch]
+    launched = launched_by(config)
     index = ResponseIndex(config.cache_dir)
     state = make_state(config.state)
     records = RecordWriter(
         config.cache_dir, config.records.fsync, config.records.fsync_interval_s, scrub=redactor.scrub
     )
     try:
+        await start_all(launched)  # the state's Redis, if launched, before the state connects to it
         await state.start()
-        for upstream in launched:
-            await upstream.start(session)
         upstreams = {m.name: Upstream(m, make_provider(m, session), redactor) for m in config.models}
         for m in config.models:  # one set of limits for the fleet (or a share of them per process)
             upstreams[m.name].scheduler.share(state.limiter(m), state.replicas)
@@ -130,8 +129,7 @@ async def _resources(  # type: ignore[no-untyped-def]
         for model_upstream in upstreams.values():
             await model_upstream.close()
     finally:
-        for upstream in launched:
-            await upstream.stop()
+        await stop_all(launched)
         await session.close()
         records.close()
         index.close()

@@ -210,11 +210,16 @@ class StateConfig(_Strict):
     timeout_s: float = Field(default=1.0, gt=0, le=10)  # a Redis slower than this counts as down
     lease_s: float = Field(default=10.0, gt=0, le=600)  # a dead holder's single-flight lease expires
     wait_s: float = Field(default=600.0, gt=0)  # the longest a process waits for another's answer
+    # A Redis the gateway starts itself (e.g. ``command: redis-server --port 6390 --save ""``) and
+    # stops with itself, as a model's ``launch``; under ``serve --workers`` the parent starts it once.
+    launch: LaunchConfig | None = None
 
     @model_validator(mode="after")
     def _needs_url(self) -> StateConfig:
         if self.backend == "redis" and not self.url:
             raise ValueError("state.backend redis needs a url (redis://host:port/db)")
+        if self.launch is not None and self.backend != "redis":
+            raise ValueError("state.launch starts a Redis: it needs backend redis and its url")
         return self
 
 

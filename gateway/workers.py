@@ -4,6 +4,8 @@ The parent reserves the port (bound with ``SO_REUSEPORT``, never listening,
 so it is never handed a connection), starts N ``gateway serve`` children on
 it, passes SIGTERM/SIGINT on to them and exits with the worst of their exit
 codes. Each child writes its own record shards (their names carry its pid).
+What the config launches (models' upstreams, ``state.launch``'s Redis) the
+parent starts once before the children and stops after them.
 
 With ``state: {backend: redis}`` the workers share the index, single-flight,
 limits and sample counters. With the local backend they share only the
@@ -14,6 +16,7 @@ so together they stay within them. The parent says so when it starts.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -47,6 +50,7 @@ def serve_workers(
 ) -> int:
     """Run ``workers`` gateway processes on one port until they stop; the worst exit code."""
     from gateway.cli import _bound_socket
+    from gateway.launcher import LaunchError, launched_by, start_all, stop_all
     from gateway.state import PER_PROCESS
 
     try:
@@ -64,6 +68,12 @@ def serve_workers(
     bound_port = reserved.getsockname()[1]
     shared = "shared through redis" if config.state.backend == "redis" else f"per worker: {PER_PROCESS}"
     print(f"gateway: {workers} workers on port {bound_port}; state {shared}", file=sys.stderr)
+    launched = launched_by(config)
+    try:
+        asyncio.run(start_all(launched))
+    except LaunchError as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 1
     argv = _without_workers(sys.argv[1:]) + ["--port", str(bound_port)]
     env = {**os.environ, WORKERS_ENV: str(workers)}
     children = [
@@ -79,6 +89,7 @@ def serve_workers(
     signal.signal(signal.SIGINT, forward)
     codes = [child.wait() for child in children]
     reserved.close()
+    asyncio.run(stop_all(launched))
     return max(codes, key=abs)
 
 

@@ -286,3 +286,51 @@ async def test_serve_workers_serves_one_port_from_several_processes_each_with_it
         assert "workers on port" in server.log.read_text()
     finally:
         server.stop()
+
+
+async def test_serve_workers_launches_its_redis_and_upstream_once_and_stops_them_with_itself(
+    tmp_path: Path, standin: StandInProcess, session: aiohttp.ClientSession
+) -> None:
+    import json
+    import sys
+
+    from tests.redis_server import REDIS_SERVER
+    from tests.upstreams import free_port
+
+    redis = RedisServer(tmp_path)  # not started: the gateway launches it (state.launch), on its port
+    relay_port = free_port()
+    relay = [sys.executable, "-m", "tests.upstreams", standin.url, str(relay_port)]
+    config = gateway_config(
+        tmp_path / "gateway.yaml",
+        f"http://127.0.0.1:{relay_port}/v1",
+        launch=json.dumps({"command": relay, "ready_timeout_s": 30}),
+    )
+    redis_command = [REDIS_SERVER, "--port", str(redis.port), "--bind", "127.0.0.1", "--save", ""]
+    launch = json.dumps({"command": redis_command + ["--dir", str(tmp_path)]})
+    state = f"state: {{backend: redis, url: '{redis.url}', {STATE_TIMING}, launch: {launch}}}\n"
+    config.write_text(state + config.read_text())
+    server = WorkersProcess(2, config, tmp_path / "store", tmp_path / "gateway.log")
+    server.start()
+    try:
+        await server.wait_healthy(session)
+
+        async def all_serving() -> bool:
+            return server.log.read_text().count("gateway: serving") == 2
+
+        await _until(all_serving, 60, "both workers to listen")
+        prompts = workload(distinct=20, duplicates=10)
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as fresh:
+            replies = await asyncio.gather(*(ask(fresh, server.url, p) for p in prompts))
+            detail = await health(fresh, server)
+        assert all(status == 200 for status, _, _ in replies)
+        assert (await standin.stats(session))["total"] == 20  # both workers share the launched Redis
+        assert detail["state"]["shared"] is True  # type: ignore[index]
+        redis_log = (server.cache_dir / "logs" / "redis.log").read_text()
+        assert redis_log.count("Ready to accept connections") == 1, redis_log  # launched once, by the parent
+        assert "Address already in use" not in (server.cache_dir / "logs" / "standin.log").read_text()
+    finally:
+        server.stop()
+    assert server.process is not None and server.process.returncode == 0
+    assert not redis.ping()  # stopped with the gateway
+    with pytest.raises(aiohttp.ClientError):
+        await session.get(f"http://127.0.0.1:{relay_port}/v1/models")
