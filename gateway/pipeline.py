@@ -292,7 +292,10 @@ class Pipeline:
         if missing:
             request = {**(call.upstream_body() or {}), "input": [first[key] for key in missing]}
             try:
-                answered = await self.upstreams[call.model.name].call(call.endpoint, request, attempts)
+                try:
+                    answered = await self.upstreams[call.model.name].call(call.endpoint, request, attempts)
+                except asyncio.CancelledError as exc:
+                    raise self._cut(exc) from None
                 if len(answered.data["data"]) != len(missing):
                     raise invalid_answer(
                         call.endpoint, f"{len(answered.data['data'])} embeddings for {len(missing)} inputs"

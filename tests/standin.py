@@ -93,10 +93,15 @@ class StandIn:
             await self._runner.cleanup()
 
     async def _embeddings(self, request: web.Request) -> web.Response:
-        """A vector per input that depends on the input alone, and which inputs were asked for."""
+        """A vector per input that depends on the input alone (after a scripted hang, if any)."""
         self.calls[request.path] += 1
+        self.arrived.set()
         body = await request.json()
         self.bodies_seen.append(body)
+        fault = self.script.pop(0) if self.script else None
+        assert fault is None or fault.kind == "hang", f"embeddings take only the hang fault, not {fault}"
+        if fault is not None:
+            await self.released.wait()
         inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
         data = [
             {

@@ -171,4 +171,6 @@ async def test_predict_only_sends_no_judge_call_and_judge_against_compares_two_r
     judgments = run_dir(stoppable.cache_dir, "short") / "scorer" / "judgments_alpaca_mini.jsonl"
     prompts = [json.loads(row)["messages"][-1]["content"] for row in judgments.read_text().splitlines()]
     assert len(prompts) == 4
-    assert all(base_answers) and all(sum(a in p for p in prompts) >= 2 for a in base_answers)  # both orders show it
+    assert all(base_answers) and all(
+        sum(a in p for p in prompts) >= 2 for a in base_answers
+    )  # both orders show it

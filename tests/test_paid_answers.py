@@ -241,15 +241,19 @@ async def test_a_stream_cut_by_the_shutdown_deadline_ends_with_an_error_event_an
     assert (record["status"], record["error"]["message"]) == (503, "gateway shutting down")
 
 
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [("/v1/completions", BODY), ("/v1/embeddings", {"model": "standin", "input": ["cut", "short"]})],
+)
 async def test_a_plain_call_cut_by_the_shutdown_deadline_gets_a_recorded_503(
-    standin: StandIn, tmp_path: Path
+    standin: StandIn, tmp_path: Path, path: str, body: dict[str, Any]
 ) -> None:
     gateway = serving(tmp_path, standin, shutdown_timeout_s=0.5)
     try:
         async with aiohttp.ClientSession() as session:
             await gateway.wait_healthy(session)
             standin.script = [Fault("hang")]
-            asked = asyncio.ensure_future(session.post(gateway.url + "/v1/completions", json=BODY))
+            asked = asyncio.ensure_future(session.post(gateway.url + path, json=body))
             await standin.arrived.wait()
             gateway.terminate()
             response = await asked
