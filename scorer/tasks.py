@@ -188,6 +188,8 @@ def _fold_lmeval_keys(data: dict[str, Any], where: str) -> dict[str, Any]:
     if "num_fewshot" in data:
         num = data.pop("num_fewshot")
         fewshot.setdefault("num", 0 if num is None else num)
+        if num == 0:  # lm-eval's simple_evaluate never overrides a written 0
+            fewshot.setdefault("pinned", True)
     for key in ("sampler", "samples", "target_delimiter", "fewshot_delimiter"):
         if key in config:
             fewshot.setdefault(key, config[key])
@@ -328,6 +330,8 @@ def _fewshot(value: Any, raw: dict[str, Any], at: str) -> dict[str, Any]:
             fewshot[key] = raw[key]
     if not isinstance(fewshot["num"], int) or fewshot["num"] < 0:
         raise BadInput(f"{at}: fewshot.num must be a non-negative integer")
+    if not isinstance(fewshot.get("pinned", False), bool):
+        raise BadInput(f"{at}: fewshot.pinned must be true or false")
     if fewshot["targets"] not in ("gold", "model"):
         raise BadInput(f"{at}: fewshot.targets must be 'gold' or 'model', got {fewshot['targets']!r}")
     if fewshot["targets"] == "model" and raw["output_type"] != "generate_until":
@@ -348,6 +352,7 @@ def _fewshot(value: Any, raw: dict[str, Any], at: str) -> dict[str, Any]:
 
 _FEWSHOT_FIELDS = {
     "num",
+    "pinned",  # --num-fewshot leaves num alone (lm-eval: a task file's explicit num_fewshot: 0)
     "targets",
     "sampler",
     "samples",
