@@ -67,7 +67,7 @@ def _load(dotted: str, file: str) -> Callable[..., Any]:
     module = importlib.util.module_from_spec(spec)
     try:
         spec.loader.exec_module(module)
-    except Exception as exc:  # a helper module may fail in any way; say how, in one line
+    except (Exception, SystemExit) as exc:  # a helper module may fail in any way (even exit); say how
         raise BadInput(f"importing {path} failed: {type(exc).__name__}: {exc}") from exc
     function = getattr(module, name, None)
     if not callable(function):

@@ -67,7 +67,7 @@ def results_document(
     start = time.time() if started is None else started
     results: dict[str, Any] = {}
     for s in scores:
-        entry: dict[str, Any] = {"name": s.task.name, "alias": s.task.name, "sample_len": s.n_samples}
+        entry: dict[str, Any] = {"name": s.task.name, "alias": s.task.alias, "sample_len": s.n_samples}
         for (metric, filter_name), (value, stderr) in s.values.items():
             entry[f"{metric},{filter_name}"] = value
             entry[f"{metric}_stderr,{filter_name}"] = stderr

@@ -72,7 +72,8 @@ class RunReport:
 
 
 def _with_fewshot(task: TaskConfig, num: int | None) -> TaskConfig:
-    if num is None:
+    """``task`` with ``num`` examples (``--num-fewshot``), unless its file pins 0 as lm-eval honours it."""
+    if num is None or task.raw["fewshot"].get("pinned"):
         return task
     raw = {**task.raw, "fewshot": {**task.raw["fewshot"], "num": num}}
     return parse_task(raw, f"task {task.name} with --num-fewshot {num}")

@@ -42,8 +42,7 @@ DEFAULT_METRICS: dict[str, list[str]] = {
 # lm-eval keys we accept and keep but do not act on.
 _IGNORED = {
     "tag",
-    "task_alias",
-    "metadata",
+    "metadata",  # but its version is the task's, as lm-eval reports it
     "should_decontaminate",
     "doc_to_decontamination_query",
     "unsafe_code",
@@ -69,6 +68,7 @@ _KNOWN = {
     "metric_list",
     "max_length",
     "judge",  # scorer.judge.config
+    "task_alias",  # the alias results report
     "turns",
     # lm-eval spellings, folded into the above by _fold_lmeval_keys
     "dataset_path",
@@ -137,6 +137,18 @@ class TaskConfig:
         """The task's version (reported in results)."""
         return self.raw.get("version", 1.0)
 
+    @property
+    def alias(self) -> str:
+        """The name results show: lm-eval's ``task_alias`` when the file gives one."""
+        return str(self.raw.get("task_alias") or self.name)
+
+
+def _metadata_version(metadata: Any) -> Any:
+    """lm-eval's task version, ``metadata.version`` (the scorer's own ``version:`` wins over it)."""
+    if isinstance(metadata, dict) and metadata.get("version") is not None:
+        return metadata["version"]
+    return 1.0
+
 
 def _fold_lmeval_keys(data: dict[str, Any], where: str) -> dict[str, Any]:
     """Rewrite lm-eval key names into ours (ours win when both are given).
@@ -176,6 +188,8 @@ def _fold_lmeval_keys(data: dict[str, Any], where: str) -> dict[str, Any]:
     if "num_fewshot" in data:
         num = data.pop("num_fewshot")
         fewshot.setdefault("num", 0 if num is None else num)
+        if num == 0:  # lm-eval's simple_evaluate never overrides a written 0
+            fewshot.setdefault("pinned", True)
     for key in ("sampler", "samples", "target_delimiter", "fewshot_delimiter"):
         if key in config:
             fewshot.setdefault(key, config[key])
@@ -210,7 +224,7 @@ def parse_task(data: Any, where: str, base_dir: Path | None = None, strict: bool
     at = f"{where} (task {name})"
     raw: dict[str, Any] = {
         "task": name,
-        "version": data.get("version", 1.0),
+        "version": data.get("version", _metadata_version(data.get("metadata"))),
         "description": data.get("description", "") or "",
         "dataset": _dataset(data["dataset"], at, base_dir),
         "eval_split": str(data["eval_split"]),
@@ -227,6 +241,8 @@ def parse_task(data: Any, where: str, base_dir: Path | None = None, strict: bool
         "process_docs": data.get("process_docs"),
         "process_results": data.get("process_results"),
     }
+    if data.get("task_alias") is not None:  # lm-eval reports it as the task's alias
+        raw["task_alias"] = str(data["task_alias"])
     for key in HELPER_KEYS:  # a helper that cannot be imported fails here, not halfway through a run
         if is_function(raw[key]):
             load_function(raw[key], f"{at}: {key}")
@@ -314,6 +330,8 @@ def _fewshot(value: Any, raw: dict[str, Any], at: str) -> dict[str, Any]:
             fewshot[key] = raw[key]
     if not isinstance(fewshot["num"], int) or fewshot["num"] < 0:
         raise BadInput(f"{at}: fewshot.num must be a non-negative integer")
+    if not isinstance(fewshot.get("pinned", False), bool):
+        raise BadInput(f"{at}: fewshot.pinned must be true or false")
     if fewshot["targets"] not in ("gold", "model"):
         raise BadInput(f"{at}: fewshot.targets must be 'gold' or 'model', got {fewshot['targets']!r}")
     if fewshot["targets"] == "model" and raw["output_type"] != "generate_until":
@@ -334,6 +352,7 @@ def _fewshot(value: Any, raw: dict[str, Any], at: str) -> dict[str, Any]:
 
 _FEWSHOT_FIELDS = {
     "num",
+    "pinned",  # --num-fewshot leaves num alone (lm-eval: a task file's explicit num_fewshot: 0)
     "targets",
     "sampler",
     "samples",
@@ -462,21 +481,28 @@ def _read_yaml(path: Path, depth: int = 0) -> Any:
     return data
 
 
-def _refuse_functions(data: Any, where: str, top: bool = True) -> None:
-    """One line naming the key of the first ``!function`` the scorer does not run (:mod:`scorer.helpers`)."""
+def _refuse_functions(data: Any, where: str, key_path: str = "") -> None:
+    """One line naming the key (dotted, from the top) of the first ``!function`` the scorer does not run.
+
+    The helpers of :data:`HELPER_KEYS` at the top level run (:mod:`scorer.helpers`); keys the scorer
+    ignores (``doc_to_decontamination_query``, ``metadata``, …) are neither run nor refused.
+    """
     if isinstance(data, dict):
         for key, value in data.items():
+            if not key_path and key in _IGNORED:
+                continue
+            at = f"{key_path}.{key}" if key_path else str(key)
             if is_function(value):
-                if top and key in HELPER_KEYS:
+                if not key_path and key in HELPER_KEYS:
                     continue
                 raise BadInput(
-                    f"{where}: {key} is {describe(value)}: the scorer runs Python helpers only "
+                    f"{where}: {at} is {describe(value)}: the scorer runs Python helpers only "
                     f"for {', '.join(HELPER_KEYS)}"
                 )
-            _refuse_functions(value, where, top=False)
+            _refuse_functions(value, where, at)
     elif isinstance(data, list):
-        for value in data:
-            _refuse_functions(value, where, top=False)
+        for i, value in enumerate(data):
+            _refuse_functions(value, where, f"{key_path}[{i}]")
 
 
 def read_task_yaml(path: Path) -> Any:

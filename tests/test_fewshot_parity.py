@@ -19,7 +19,7 @@ import pytest
 
 from scorer.errors import BadInput
 from scorer.rounds import eval_prompts
-from scorer.runner import gather_documents
+from scorer.runner import _with_fewshot, gather_documents
 from scorer.tasks import load_task_file
 from tests.test_lmeval import offline_env
 
@@ -115,6 +115,10 @@ metric_list:
 }
 
 
+# ``NAME:K``: lm-eval's requests under ``--num_fewshot K``.
+OVERRIDDEN = ["mc_0shot:5", "gen_3shot_train:1"]
+
+
 def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
@@ -141,7 +145,7 @@ def lmeval_requests(task_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
     """Every request lm-eval builds for every task (one lm-eval process for all)."""
     out = task_dir / "lmeval-prompts.json"
     env = offline_env(tmp_path_factory.mktemp("hf"))
-    command = [sys.executable, str(DUMPER), str(task_dir), str(out), str(SEED), *TASKS]
+    command = [sys.executable, str(DUMPER), str(task_dir), str(out), str(SEED), *TASKS, *OVERRIDDEN]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-4000:]
     return dict(json.loads(out.read_text()))
@@ -173,6 +177,22 @@ def test_every_prompt_equals_lm_evals_byte_for_byte(
     assert len(ours) == len(theirs)
     for mine, lm in zip(ours, theirs, strict=True):
         assert mine == lm
+
+
+@pytest.mark.parametrize("name", OVERRIDDEN)
+def test_num_fewshot_overrides_a_task_as_lm_eval_does_but_never_a_written_zero(
+    name: str, task_dir: Path, lmeval_requests: dict[str, list[Any]]
+) -> None:
+    task_name, _, shots = name.partition(":")
+    task = _with_fewshot(load_task_file(task_dir / f"{task_name}.yaml"), int(shots))
+    docs, _ = gather_documents(task, None, SEED)
+    ours = [
+        [p.doc_id, [a.context, a.continuation if a.kind != "generate" else None]]
+        for p in eval_prompts(task, docs)
+        for a in p.asks
+    ]
+    assert ours == _theirs(lmeval_requests[name], task_name.startswith("gen"))
+    assert task.num_fewshot == (0 if task_name == "mc_0shot" else int(shots))
 
 
 def test_a_limit_shows_the_first_documents_the_same_examples(

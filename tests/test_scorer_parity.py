@@ -40,18 +40,20 @@ async def lm_eval(
     tmp_path: Path,
     tasks: list[str] = TASKS,
     num_concurrent: int = 8,
+    task_dir: Path = TASK_DIR,
 ) -> dict:  # type: ignore[type-arg]
+    """lm-eval's results and samples for ``tasks`` (files in ``task_dir``) run through ``gateway``."""
     out = tmp_path / "lm-eval.json"
     base_url = f"{gateway.url}/runs/{run_id}/v1/completions"
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         str(RUNNER),
         base_url,
-        str(TASK_DIR),
+        str(task_dir),
         str(out),
         f"--num-concurrent={num_concurrent}",
         *tasks,
-        cwd=TASK_DIR,
+        cwd=task_dir,
         env=offline_env(tmp_path),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,

@@ -129,7 +129,28 @@ def test_a_function_where_the_scorer_runs_none_is_refused_naming_file_and_key(tm
         HELPED.replace("{DATA}", str(tmp_path))
         + "filter_list:\n  - name: custom\n    filter:\n      - function: !function utils.text\n"
     )
-    with pytest.raises(BadInput, match=r"filtered\.yaml: function is !function utils\.text"):
+    with pytest.raises(
+        BadInput, match=r"filtered\.yaml: filter_list\[0\]\.filter\[0\]\.function is !function utils\.text"
+    ):
+        load_task_file(path)
+
+
+def test_a_function_in_a_key_the_scorer_ignores_is_neither_run_nor_refused(tmp_path: Path) -> None:
+    (tmp_path / "utils.py").write_text(UTILS)
+    path = tmp_path / "decontaminated.yaml"
+    text = HELPED.replace("{DATA}", str(tmp_path))
+    path.write_text(
+        text + "should_decontaminate: true\ndoc_to_decontamination_query: !function utils.nothing\n"
+    )
+    assert load_task_file(path).name == "helped"  # utils has no `nothing`: it was never looked up
+
+
+@pytest.mark.parametrize("body", ["import sys\nsys.exit('needs a tool')\n", "raise SystemExit(3)\n"])
+def test_a_helper_module_that_exits_while_imported_is_refused_in_one_line(tmp_path: Path, body: str) -> None:
+    (tmp_path / "utils.py").write_text(body)
+    path = tmp_path / "helped.yaml"
+    path.write_text(HELPED.replace("{DATA}", str(tmp_path)))
+    with pytest.raises(BadInput, match=r"helped\.yaml.*: doc_to_text is !function utils\.text: .*SystemExit"):
         load_task_file(path)
 
 
