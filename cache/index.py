@@ -13,14 +13,16 @@ entry has aged out of it.)
 from __future__ import annotations
 
 import asyncio
+import queue
 import sqlite3
 import sys
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Protocol
 
 import diskcache
 import orjson
@@ -36,9 +38,6 @@ MANY_BATCH = 500
 # What one memory-tier entry costs beyond its body and key objects: its OrderedDict slot and link.
 _ENTRY_OVERHEAD = 104
 
-In = TypeVar("In")
-Out = TypeVar("Out")
-
 
 class ResponseIndex:
     """Key → response body bytes, stored under ``<cache_dir>/index``."""
@@ -46,9 +45,7 @@ class ResponseIndex:
     def __init__(self, cache_dir: Path, size_limit: int = 2**40, memory_bytes: int = 64 * 2**20) -> None:
         # eviction off: losing an entry would mean paying for it again.
         self._cache = diskcache.Cache(str(cache_dir / "index"), size_limit=size_limit, eviction_policy="none")
-        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="index")
-        self._gets: _TurnBatch[str, bytes | None] = _TurnBatch(self._pool, self._get_batch)
-        self._sets: _TurnBatch[tuple[str, bytes], None] = _TurnBatch(self._pool, self._set_batch)
+        self._lane = _Lane(self._get_batch, self._set_batch)
         self._recent: OrderedDict[str, bytes] = OrderedDict()
         self._recent_bytes = 0
         self._memory_bytes = memory_bytes
@@ -102,24 +99,23 @@ class ResponseIndex:
         if body is not None:
             self._recent.move_to_end(key)
             return body
-        body = await self._gets.submit(key)
+        body = await self._lane.get(key)
         if body is not None:
             self._remember(key, body)
         return body
 
     async def aset(self, key: str, body: bytes) -> None:
         """:meth:`set` off the event loop; the body is then in the memory tier too."""
-        await self._sets.submit((key, body))
+        await self._lane.set(key, body)
         self._remember(key, body)
 
     def _get_batch(self, keys: list[str]) -> list[bytes | None]:
         return [self.get(key) for key in keys]
 
-    def _set_batch(self, items: list[tuple[str, bytes]]) -> list[None]:
+    def _set_batch(self, items: list[tuple[str, bytes]]) -> None:
         with self._cache.transact():  # one SQLite commit for the whole turn's writes
             for key, body in items:
                 self._cache.set(key, body)
-        return [None] * len(items)
 
     def recent(self, key: str) -> bytes | None:
         """The body from the memory tier only: never touches disk, never waits."""
@@ -161,46 +157,106 @@ class ResponseIndex:
 
     def close(self) -> None:
         """Finish pending work and close the database."""
-        self._pool.shutdown(wait=True)
+        self._lane.stop()
         self._cache.close()
 
 
-class _TurnBatch(Generic[In, Out]):
-    """Everything submitted during one turn of the event loop goes to the pool as one call.
+class _Lane:
+    """The index's one thread: everything asked of the disk during one loop turn goes in one trip.
 
-    Under concurrency this turns one thread round trip (and, for writes, one
-    SQLite commit) per request into one per loop turn.
+    Under concurrency this turns a thread round trip per lookup and per write
+    (and a SQLite commit per write) into one of each per loop turn, writes and
+    lookups together: the turn's writes are committed first, in one
+    transaction, so its lookups see them. Work is handed over on a
+    ``SimpleQueue`` and answered with one ``call_soon_threadsafe`` per trip
+    that settles every waiter at once: no executor futures to chain.
     """
 
-    def __init__(self, pool: ThreadPoolExecutor, run: Callable[[list[In]], list[Out]]) -> None:
-        self._pool = pool
-        self._run = run
-        self._pending: list[tuple[In, asyncio.Future[Out]]] = []
+    def __init__(
+        self,
+        get_batch: Callable[[list[str]], list[bytes | None]],
+        set_batch: Callable[[list[tuple[str, bytes]]], None],
+    ) -> None:
+        self._get_batch = get_batch
+        self._set_batch = set_batch
+        self._gets: list[tuple[str, asyncio.Future[bytes | None]]] = []
+        self._sets: list[tuple[tuple[str, bytes], asyncio.Future[None]]] = []
+        self._trips: queue.SimpleQueue[_Trip | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="index", daemon=True)
+        self._thread.start()
 
-    async def submit(self, item: In) -> Out:
+    def get(self, key: str) -> asyncio.Future[bytes | None]:
+        """The stored body for ``key``, or None, from the next trip."""
+        done: asyncio.Future[bytes | None] = self._loop_turn().create_future()
+        self._gets.append((key, done))
+        return done
+
+    def set(self, key: str, body: bytes) -> asyncio.Future[None]:
+        """Done once ``body`` is committed under ``key`` by the next trip."""
+        done: asyncio.Future[None] = self._loop_turn().create_future()
+        self._sets.append(((key, body), done))
+        return done
+
+    def _loop_turn(self) -> asyncio.AbstractEventLoop:
+        """The running loop, with a trip scheduled at the end of this turn if none is yet."""
         loop = asyncio.get_running_loop()
-        done: asyncio.Future[Out] = loop.create_future()
-        if not self._pending:
-            loop.call_soon(self._flush, loop)
-        self._pending.append((item, done))
-        return await done
+        if not self._gets and not self._sets:
+            loop.call_soon(self._send, loop)
+        return loop
 
-    def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
-        batch, self._pending = self._pending, []
-        work = loop.run_in_executor(self._pool, self._run, [item for item, _ in batch])
-        work.add_done_callback(lambda finished: _deliver(batch, finished))
+    def _send(self, loop: asyncio.AbstractEventLoop) -> None:
+        trip = _Trip(loop, self._gets, self._sets)
+        self._gets, self._sets = [], []
+        self._trips.put(trip)
+
+    def _run(self) -> None:
+        while (trip := self._trips.get()) is not None:
+            if trip.sets:
+                try:
+                    self._set_batch([item for item, _ in trip.sets])
+                except Exception as exc:  # every waiter hears of it; the thread goes on
+                    trip.set_error = exc
+            if trip.gets:
+                try:
+                    trip.found = self._get_batch([key for key, _ in trip.gets])
+                except Exception as exc:
+                    trip.get_error = exc
+            try:
+                trip.loop.call_soon_threadsafe(trip.deliver)
+            except RuntimeError:  # the loop is closed: nobody waits any more
+                pass
+
+    def stop(self) -> None:
+        """Finish the trips already sent, then end the thread."""
+        self._trips.put(None)
+        self._thread.join()
 
 
-def _deliver(batch: list[tuple[Any, asyncio.Future[Any]]], finished: asyncio.Future[list[Any]]) -> None:
-    error = finished.exception()
-    results = finished.result() if error is None else [None] * len(batch)
-    for (_, done), result in zip(batch, results, strict=True):
-        if done.done():
-            continue
-        if error is None:
-            done.set_result(result)
-        else:
-            done.set_exception(error)
+@dataclass
+class _Trip:
+    """One trip of the index thread: its lookups and writes, and what came of them."""
+
+    loop: asyncio.AbstractEventLoop
+    gets: list[tuple[str, asyncio.Future[bytes | None]]]
+    sets: list[tuple[tuple[str, bytes], asyncio.Future[None]]]
+    found: list[bytes | None] | None = None
+    get_error: BaseException | None = None
+    set_error: BaseException | None = None
+
+    def deliver(self) -> None:
+        """Settle every waiter (on the loop's thread); a waiter that gave up is skipped."""
+        for _, done in self.sets:
+            if not done.done():
+                if self.set_error is None:
+                    done.set_result(None)
+                else:
+                    done.set_exception(self.set_error)
+        for (_, waiter), body in zip(self.gets, self.found or [None] * len(self.gets), strict=True):
+            if not waiter.done():
+                if self.get_error is None:
+                    waiter.set_result(body)
+                else:
+                    waiter.set_exception(self.get_error)
 
 
 def _entry_cost(key: str, body: bytes) -> int:

@@ -202,3 +202,22 @@ async def test_the_memory_tier_holds_no_more_real_memory_than_its_budget(tmp_pat
         assert index.recent("k3999") == orjson.dumps({"text": "answer 3999"})
     finally:
         index.close()
+
+
+async def test_lookups_and_writes_of_one_loop_turn_reach_the_disk_in_one_trip(tmp_path: Path) -> None:
+    index = ResponseIndex(tmp_path)
+    threads: list[int] = []  # one entry per trip of the index thread, gets and sets alike
+    lane = index._lane
+    get_batch, set_batch = lane._get_batch, lane._set_batch
+    lane._get_batch = lambda keys: (threads.append(len(keys)), get_batch(keys))[1]
+    lane._set_batch = lambda items: (threads.append(-len(items)), set_batch(items))[1]
+    try:
+        index.set("old", b'{"text": "kept"}')  # on disk only, not in the memory tier
+        writes = [index.aset(f"new{i}", b'{"text": "new"}') for i in range(8)]
+        found = await asyncio.gather(index.aget("old"), index.aget("missing"), *writes)
+        # The eight writes in one transaction, then both lookups, in one trip: not one per request.
+        assert threads == [-8, 2]
+        assert found[:2] == [b'{"text": "kept"}', None]
+        assert index.get("new7") == b'{"text": "new"}'
+    finally:
+        index.close()
