@@ -125,6 +125,7 @@ def count_sequential(paid: Server, other: Server, redis: RedisServer, counts: Re
         request = json.loads(HIT_BODY)
         request["messages"][-1]["content"] = f"sequential {salt} {i}"
         bodies.append(json.dumps(request).encode())
+    time.sleep(1.0)  # let the last wrk run's requests finish: their Redis commands are not these
     for kind, server in (("miss", paid), ("first hit", other)):
         before = command_calls(redis)
         served = [http_post(server.port, CHAT, body)[1].get("x-cache") for body in bodies]
@@ -143,6 +144,8 @@ def report(results: Results, counts: RedisCounts, reps: int) -> tuple[list[str],
     rps: Callable[[Sample], float] = lambda s: s.rps  # noqa: E731
     p50: Callable[[Sample], float] = lambda s: s.p50_ms  # noqa: E731
     cpu: Callable[[Sample], float] = lambda s: s.cpu_us_per_req  # noqa: E731
+    # Whether the gateway was the bottleneck: a process near 1 core is; well under, the machine is.
+    cores: Callable[[Sample], float] = lambda s: s.rps * s.cpu_us_per_req / 1e6  # noqa: E731
     l1, l2, r1, r2 = (name(b, w) for b in BACKENDS for w in WORKERS)
     header = ["", l1, l2, "local ×2 ÷ ×1", r1, r2, "redis ×2 ÷ ×1", "redis ÷ local, ×1", "redis ÷ local, ×2"]
     rows = []
@@ -151,6 +154,7 @@ def report(results: Results, counts: RedisCounts, reps: int) -> tuple[list[str],
             ("req/s", rps, "rps"),
             ("p50 ms", p50, "ms"),
             ("CPU µs/request", cpu, "us"),
+            ("CPU cores busy", cores, "ms"),
         ):
             row = [f"{plural}, {title}"]
             for one, two in ((l1, l2), (r1, r2)):
@@ -209,17 +213,17 @@ def _num(value: float | None) -> str:
 
 
 def write_readme(path: Path, section: list[str]) -> None:
-    """Put ``section`` between the markers in the Fleet section (the first time: after its last line)."""
+    """Put ``section`` between the markers in the Fleet section (the first time: for its placeholder)."""
     text = path.read_text()
     block = "\n".join([README_START, *section, README_END])
     if README_START in text:
         head, rest = text.split(README_START, 1)
         text = head + block + rest.split(README_END, 1)[1]
     else:
-        sentence = "Not yet measured:\none process vs `--workers 2` (local and redis) throughput"
+        sentence = " Not yet measured:\none process vs `--workers 2` (local and redis) throughput"
         sentence += " for hits and misses."
         assert sentence in text, "benchmarks/README.md: the Fleet section's placeholder sentence moved"
-        text = text.replace(sentence, "\n" + block)
+        text = text.replace(sentence, "\n\n" + block)
     path.write_text(text)
 
 
@@ -289,7 +293,11 @@ def main() -> None:
     command_line = " ".join([".venv/bin/python", str(shown), *sys.argv[1:]])
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     section = [
-        f"Measured {when} at {revision()} with `{command_line}` (from the repository root),",
+        "### One process vs `--workers 2`, local vs Redis state (`bench_fleet.py`)",
+        "",
+        f"    {command_line}",
+        "",
+        f"Measured {when} at {revision()} (from the repository root),",
         f"on {os.cpu_count()} cores, shared: load average "
         + " → ".join(f"{x:.1f}" for x in loads)
         + " (at the start, then after each round);",
