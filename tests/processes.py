@@ -81,6 +81,11 @@ class StandInProcess:
         async with session.get(self.url + "/stats") as response:
             return orjson.loads(await response.read())  # type: ignore[no-any-return]
 
+    async def arrivals(self, session: aiohttp.ClientSession) -> list[float]:
+        """The ``time.monotonic()`` at which each completion call arrived, oldest first."""
+        async with session.get(self.url + "/arrivals") as response:
+            return orjson.loads(await response.read())  # type: ignore[no-any-return]
+
     async def release(self, session: aiohttp.ClientSession) -> None:
         """Let held (``hold:``) requests answer."""
         async with session.post(self.url + "/release") as response:

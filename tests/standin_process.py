@@ -7,7 +7,9 @@ It prints ``PORT <n>`` on stdout once it listens. ``POST /v1/completions``
 number), so a test can tell which upstream answer a client got. A prompt that
 starts with ``hold:`` waits until ``POST /release`` (or ``--max-hold-s``):
 a slow upstream the test controls instead of guessing durations.
-``GET /stats`` gives the calls per prompt, their total and those in flight.
+``GET /stats`` gives the calls per prompt, their total and those in flight;
+``GET /arrivals`` the ``time.monotonic()`` at which each call arrived (one
+clock for every process of the machine), for tests of rates.
 """
 
 from __future__ import annotations
@@ -34,11 +36,13 @@ class CountingStandIn:
         self.in_flight = 0
         self.max_in_flight = 0
         self.max_hold_s = max_hold_s
+        self.arrivals: list[float] = []  # time.monotonic() of each completion call, in arrival order
         self.released = asyncio.Event()
         self._ids = itertools.count()
 
     async def completions(self, request: web.Request) -> web.Response:
         """A completion (text or chat) whose id names this call."""
+        self.arrivals.append(time.monotonic())  # before reading the body: when the call reached us
         body = orjson.loads(await request.read())
         prompt = str(body.get("prompt") if "prompt" in body else body.get("messages"))
         self.calls[prompt] += 1
@@ -85,6 +89,10 @@ class CountingStandIn:
         }
         return web.Response(body=orjson.dumps(stats), content_type=JSON)
 
+    async def arrival_times(self, request: web.Request) -> web.Response:
+        """When each completion call arrived (``time.monotonic()``), oldest first."""
+        return web.Response(body=orjson.dumps(self.arrivals), content_type=JSON)
+
     async def release(self, request: web.Request) -> web.Response:
         """Let every held request (and every later one) answer."""
         self.released.set()
@@ -99,6 +107,7 @@ async def serve(port: int, max_hold_s: float) -> None:
     app.router.add_post("/v1/chat/completions", standin.completions)
     app.router.add_get("/v1/models", standin.models)
     app.router.add_get("/stats", standin.stats)
+    app.router.add_get("/arrivals", standin.arrival_times)
     app.router.add_post("/release", standin.release)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
