@@ -546,6 +546,7 @@ class RedisState(State):
         self._tokens = itertools.count()  # each lease's token is its own: a stale one never drops a new one
         self.leases: dict[str, Lease] = {}  # the keys this process holds the fleet's lease on
         self._claims: _Turn[str, bytes | Claim | None] = _Turn(self._claim)
+        self.waiting = 0  # calls waiting for another process's answer now
 
     @property
     def shared(self) -> bool:  # type: ignore[override]
@@ -600,23 +601,28 @@ class RedisState(State):
         entry, lease = index_prefix(self.prefix) + key, f"{self.prefix}lease:{key}"
         deadline = time.monotonic() + self.config.wait_s
         pause = POLL_FIRST_S
-        while time.monotonic() < deadline:
-            found = await self.link.call(lambda r: r.mget([entry, lease]), None)
-            if found is None:
-                return None
-            body, holder = found
-            if isinstance(body, bytes):
-                return body
-            if holder is None:
-                return None
-            await asyncio.sleep(pause)
-            pause = min(POLL_MAX_S, pause * 2)
-        return None
+        self.waiting += 1
+        try:
+            while time.monotonic() < deadline:
+                found = await self.link.call(lambda r: r.mget([entry, lease]), None)
+                if found is None:
+                    return None
+                body, holder = found
+                if isinstance(body, bytes):
+                    return body
+                if holder is None:
+                    return None
+                await asyncio.sleep(pause)
+                pause = min(POLL_MAX_S, pause * 2)
+            return None
+        finally:
+            self.waiting -= 1
 
     def health(self) -> dict[str, Any]:
         detail = super().health()
         detail |= {"url": _without_password(self.link.url), "fallbacks": self.link.fallbacks}
         detail["outages"] = self.link.outages
+        detail["waiting"] = self.waiting
         if not self.link.up:
             detail["per_process"] = "everything, until redis is back: " + (self.link.last_error or "")
         return detail
