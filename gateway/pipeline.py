@@ -37,9 +37,9 @@ from gateway.metrics import Metrics
 from gateway.pricing import Costs
 from gateway.samples import SampleLedger
 from gateway.singleflight import Feed, SingleFlight, run_detached
-from gateway.state import IndexLike, State
+from gateway.state import Claim, IndexLike, State
 from gateway.streaming import DONE, assembler_for, carries_answer, replay_events, sse_event
-from gateway.upstream import Attempts, Upstream, invalid_answer
+from gateway.upstream import Attempts, Event, Upstream, invalid_answer
 from gateway.usage_memo import UsageMemo
 
 log = logging.getLogger("gateway.pipeline")
@@ -183,13 +183,11 @@ class Pipeline:
             return await self._fetch(call, started)
         while True:
             claim = await self.state.claim(call.key)
+            if isinstance(claim, bytes):  # another process answered between our lookup and our claim
+                await self._record(call, "hit", started, body=claim)
+                return Answer(claim, "hit")
             if claim is not None:
                 try:
-                    # Another process may have answered between our lookup and our claim.
-                    cached = await self.index.aget(call.key) if self.state.shared else None
-                    if cached is not None:
-                        await self._record(call, "hit", started, body=cached)
-                        return Answer(cached, "hit")
                     return await self._fetch(call, started)
                 finally:
                     await claim.release()
@@ -275,9 +273,18 @@ class Pipeline:
         Runs detached from the client, as every upstream call does: one that hangs up
         never costs the run the record of what was paid for.
         """
-        return await asyncio.shield(self._detach(self._embed(call, inputs, keys)))
+        return await asyncio.shield(self._detach(self._embed_once(call, inputs, keys)))
 
-    async def _embed(self, call: Call, inputs: list[Any], keys: list[str]) -> Answer:
+    async def _embed_once(self, call: Call, inputs: list[Any], keys: list[str]) -> Answer:
+        """:meth:`_embed`, then the release of its leases (no trip when storing its answers dropped them)."""
+        claims: list[Claim] = []
+        try:
+            return await self._embed(call, inputs, keys, claims)
+        finally:
+            for claim in claims:
+                await claim.release()
+
+    async def _embed(self, call: Call, inputs: list[Any], keys: list[str], claims: list[Claim]) -> Answer:
         started = time.time()
         parts: dict[str, bytes] = {}
         if call.cache_mode == "use":
@@ -288,6 +295,9 @@ class Pipeline:
                     parts[key] = cached
         first = {key: inputs[i] for i, key in reversed(list(enumerate(keys)))}
         missing = [key for key in dict.fromkeys(keys) if key not in parts]
+        waited = False
+        if call.cache_mode == "use" and self.state.shared and missing:
+            missing, waited = await self._share_inputs(missing, parts, claims)
         request, attempts, paid = None, Attempts(), []
         if missing:
             request = {**(call.upstream_body() or {}), "input": [first[key] for key in missing]}
@@ -310,7 +320,7 @@ class Pipeline:
                 paid.append((key, count))
         data = embeddings.assemble([parts[key] for key in keys])
         body = orjson.dumps(data)
-        served: Served = "miss" if missing else "hit"
+        served: Served = "miss" if missing else "coalesced" if waited else "hit"
         position = {key: i for i, key in reversed(list(enumerate(keys)))}
         record_parts = [[position[key], key, count] for key, count in paid]
         spent = sum(count for _, count in paid)  # the record's usage (and cost) is what this request paid
@@ -325,10 +335,43 @@ class Pipeline:
             data=paid_data,
             parts=record_parts,
         )
-        if call.cache_mode != "bypass":
-            for key, _ in paid:
-                await self._index(key, parts[key])
+        if call.cache_mode != "bypass":  # all in one turn: one trip (which also drops their leases)
+            await asyncio.gather(*(self._index(key, parts[key]) for key, _ in paid))
         return Answer(body, served)
+
+    async def _share_inputs(
+        self, missing: list[str], parts: dict[str, bytes], claims: list[Claim]
+    ) -> tuple[list[str], bool]:
+        """Of ``missing``, the inputs to fetch here, and whether any came from another process's call.
+
+        Waits only while other processes are fetching every input still
+        missing; once this request claims one, it fetches all it lacks (never
+        waiting while it holds leases: two requests could each wait for the
+        other). Answers found go into ``parts``, claims taken into ``claims``.
+        """
+        waited = False
+        while missing:
+            others = []
+            for key, claim in zip(
+                missing, await asyncio.gather(*map(self.state.claim, missing)), strict=True
+            ):
+                if isinstance(claim, bytes):
+                    parts[key] = claim
+                elif claim is None:
+                    others.append(key)
+                else:
+                    claims.append(claim)
+            if claims:
+                return [key for key in missing if key not in parts], waited
+            missing = []
+            for key, found in zip(
+                others, await asyncio.gather(*map(self.state.wait_for, others)), strict=True
+            ):
+                if found is None:
+                    missing.append(key)  # its holder gave up or died: claim it again
+                else:
+                    parts[key], waited = found, True
+        return [], waited
 
     # -- streamed answers ------------------------------------------------------
 
@@ -356,14 +399,19 @@ class Pipeline:
             answer = await self._follow(call, flight, started)  # a plain call for it is under way
             return "coalesced", _aiter(replay_events(orjson.loads(answer.body), call.endpoint, include_usage))
         feed = Feed()
-        work = lambda: self._fetch_stream(call, feed)  # noqa: E731
+        served: asyncio.Future[Served] = asyncio.get_running_loop().create_future()
+        if call.cache_mode == "use":
+            work = lambda: self._fetch_stream_once(call, feed, served)  # noqa: E731
+        else:
+            work = lambda: self._fetch_stream(call, feed)  # noqa: E731
         if call.cache_mode == "bypass":
             task = self._detach(work())
         else:
             task = self.flights.start(call.key, lambda: self._detach(work()))
             self.feeds[call.key] = feed
             task.add_done_callback(lambda _: self._forget_feed(call.key, feed))
-        return "miss", await _started(_read_own(feed, call.endpoint, include_usage))
+        events = await _started(_read_own(feed, call.endpoint, include_usage))
+        return served.result() if served.done() else "miss", events
 
     def _forget_feed(self, key: str, feed: Feed[Any]) -> None:
         if self.feeds.get(key) is feed:
@@ -388,6 +436,41 @@ class Pipeline:
             yield sse_event(orjson.dumps(exc.payload()))
             return
         yield DONE
+
+    async def _fetch_stream_once(self, call: Call, feed: Feed[Any], served: asyncio.Future[Served]) -> Answer:
+        """:meth:`_fetch_stream`, unless another process of the fleet is fetching this key: then its answer.
+
+        That answer comes whole (once the other process has stored it) and is
+        fed on as the stream a hit replays; ``served`` says how, before the
+        first event.
+        """
+        started = time.time()
+        while True:
+            claim = await self.state.claim(call.key)
+            if claim is not None and not isinstance(claim, bytes):
+                served.set_result("miss")
+                try:
+                    return await self._fetch_stream(call, feed)
+                finally:
+                    await claim.release()
+            how: Served = "hit" if claim is not None else "coalesced"
+            try:
+                body = claim if claim is not None else await self.state.wait_for(call.key)
+                if body is not None:
+                    await self._record(call, how, started, body=body)  # before the client sees a byte
+            except (Exception, asyncio.CancelledError) as exc:  # the readers must hear of it, as in a fetch
+                error = self._cut(exc) if isinstance(exc, asyncio.CancelledError) else _as_gateway_error(exc)
+                feed.put(error)
+                raise error from exc
+            if body is not None:
+                served.set_result(how)
+                for event in replay_events(orjson.loads(body), call.endpoint, include_usage=True):
+                    if event != DONE:  # each reader ends (and filters usage) as it asked
+                        payload = event[len(b"data: ") : -2]
+                        feed.put(Event(payload, orjson.loads(payload)))
+                feed.put(_END)
+                return Answer(body, how)
+            # The holder gave up or died (its lease expired): claim the key again.
 
     async def _fetch_stream(self, call: Call, feed: Feed[Any]) -> Answer:
         started, started_monotonic = time.time(), time.monotonic()

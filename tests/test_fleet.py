@@ -43,13 +43,18 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 async def start_fleet(
-    tmp_path: Path, standin: StandInProcess, redis_url: str, session: aiohttp.ClientSession, **model: object
+    tmp_path: Path,
+    standin: StandInProcess,
+    redis_url: str,
+    session: aiohttp.ClientSession,
+    replicas: int = REPLICAS,
+    **model: object,
 ) -> list[GatewayProcess]:
     """Three replicas, each with a cache dir of its own (as on three machines): only Redis is shared."""
     fleet = []
-    for n in range(REPLICAS):
+    for n in range(replicas):
         config = gateway_config(tmp_path / f"gateway{n}.yaml", standin.api_base, **model)
-        state = f"state: {{backend: redis, url: '{redis_url}', replicas: {REPLICAS}, {STATE_TIMING}}}\n"
+        state = f"state: {{backend: redis, url: '{redis_url}', replicas: {replicas}, {STATE_TIMING}}}\n"
         config.write_text(state + config.read_text())
         replica = GatewayProcess(config, tmp_path / f"store{n}", tmp_path / f"gateway{n}.log")
         replica.start()
@@ -223,6 +228,88 @@ async def test_redis_stopped_mid_load_the_replicas_keep_answering_and_recording_
         await ask(session, fleet[0].url, "after")
         status, served, _ = await ask(session, fleet[1].url, "after")
         assert (status, served) == (200, "hit")
+    finally:
+        stop_fleet(fleet)
+
+
+async def stream_chat(session: aiohttp.ClientSession, url: str, prompt: str) -> tuple[str, str, str]:
+    """A streamed chat request: how it was served, the text of its events, and how its choice finished."""
+    body = {"model": "standin", "messages": [{"role": "user", "content": prompt}], "stream": True}
+    body |= {"max_tokens": 8, "temperature": 0}
+    async with session.post(f"{url}/runs/{RUN}/v1/chat/completions", json=body) as response:
+        assert response.status == 200, await response.text()
+        served, raw = response.headers.get("X-Cache", ""), await response.read()
+    events = [e.removeprefix("data: ") for e in raw.decode().split("\n\n") if e.startswith("data: ")]
+    assert events[-1] == "[DONE]", events  # the whole stream, to its end
+    chunks = [orjson.loads(e) for e in events[:-1]]
+    choices = [c for chunk in chunks for c in chunk["choices"]]
+    text = "".join(c["delta"].get("content") or "" for c in choices)
+    return served, text, ",".join(str(c["finish_reason"]) for c in choices if c["finish_reason"])
+
+
+async def embed(session: aiohttp.ClientSession, url: str, inputs: list[str]) -> tuple[str, list[list[float]]]:
+    """An embeddings request: how it was served, and its vectors."""
+    body = {"model": "standin", "input": inputs}
+    async with session.post(f"{url}/runs/{RUN}/v1/embeddings", json=body) as response:
+        assert response.status == 200, await response.text()
+        data = orjson.loads(await response.read())
+        return response.headers.get("X-Cache", ""), [item["embedding"] for item in data["data"]]
+
+
+async def _until_a_replica_waits(session: aiohttp.ClientSession, fleet: list[GatewayProcess]) -> None:
+    """Until some replica has a request waiting for another's answer (``/healthz`` state.waiting)."""
+    from tests.processes import until
+
+    async def waiting() -> bool:
+        details = [await health(session, replica) for replica in fleet]
+        return any(detail["state"].get("waiting") for detail in details)  # type: ignore[attr-defined]
+
+    await until(waiting, 20, "a replica to wait for another's answer")
+
+
+async def test_identical_streamed_chats_on_two_replicas_share_one_upstream_call_and_each_client_gets_it_all(
+    tmp_path: Path, standin: StandInProcess, redis_url: str, session: aiohttp.ClientSession
+) -> None:
+    fleet = await start_fleet(tmp_path, standin, redis_url, session, replicas=2)
+    try:
+        # The upstream sends the first event, then holds the rest: every request overlaps the first.
+        clients = [
+            asyncio.ensure_future(stream_chat(session, fleet[i % 2].url, "hold: one stream"))
+            for i in range(8)
+        ]
+        await _until_in_flight(session, standin, 1)
+        await _until_a_replica_waits(session, fleet)
+        await standin.release(session)
+        replies = await asyncio.gather(*clients)
+        stats = await standin.stats(session)
+        assert stats["total"] == 1, f"{stats['total']} upstream calls for one key asked on two replicas"
+        assert {(text, finished) for _, text, finished in replies} == {(replies[0][1], "stop")}
+        assert replies[0][1].startswith(" answer 0 to ")  # the one upstream call's whole text
+        assert "coalesced" in {served for served, _, _ in replies[1::2]}  # the waiting replica's clients
+        recorded = [r["served"] for replica in fleet for r in _records(replica)]
+        assert sorted(recorded) == sorted(served for served, _, _ in replies), recorded  # one record each
+    finally:
+        stop_fleet(fleet)
+
+
+async def test_identical_embeddings_on_two_replicas_share_one_upstream_call(
+    tmp_path: Path, standin: StandInProcess, redis_url: str, session: aiohttp.ClientSession
+) -> None:
+    fleet = await start_fleet(tmp_path, standin, redis_url, session, replicas=2)
+    try:
+        inputs = ["hold: first", "second", "third"]
+        clients = [asyncio.ensure_future(embed(session, fleet[i % 2].url, inputs)) for i in range(8)]
+        await _until_in_flight(session, standin, 1)
+        await _until_a_replica_waits(session, fleet)
+        await standin.release(session)
+        replies = await asyncio.gather(*clients)
+        stats = await standin.stats(session)
+        assert stats["total"] == 1, f"{stats['total']} upstream calls for one set of inputs on two replicas"
+        # The stand-in numbers each vector it makes: one set of numbers means one call answered everyone.
+        assert len({orjson.dumps(vectors) for _, vectors in replies}) == 1
+        assert len(replies[0][1]) == 3
+        assert {served for served, _ in replies} <= {"miss", "coalesced", "hit"}
+        assert [served for served, _ in replies].count("miss") == 1
     finally:
         stop_fleet(fleet)
 

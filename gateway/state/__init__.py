@@ -82,8 +82,13 @@ class State:
         """Buckets shared with other processes for ``model``; None: the scheduler's own are the limit."""
         return None
 
-    async def claim(self, key: str) -> Claim | None:
-        """Claim ``key``'s upstream call; None when another process holds it (then :meth:`wait_for`)."""
+    async def claim(self, key: str) -> bytes | Claim | None:
+        """Claim ``key``'s upstream call: a :class:`Claim` when this process is to make it.
+
+        Else the fleet's answer (bytes), when another process stored one since
+        this one looked; or None while another process holds the key (then
+        :meth:`wait_for` its answer).
+        """
         return _NO_CLAIM
 
     async def wait_for(self, key: str) -> bytes | None:

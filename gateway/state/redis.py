@@ -12,13 +12,17 @@ depends on Redis: records are this process's own shards, written before any
 answer is acknowledged.
 
 Round trips: a hit in the memory tier costs none; any other lookup one
-(``MGET`` of every key asked during the same loop turn); answers are written
-once each, batched per loop turn into one pipeline.
+(``MGET`` of every key asked during the same loop turn). A miss costs three:
+that lookup; a claim that looks the key up again and, when it is still
+absent, takes its lease in the same script (:data:`CLAIM`); and one script
+that stores the answer and drops the lease (:data:`STORE`). Claims and
+stores are batched per loop turn, like lookups.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import socket
@@ -29,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from cache.index import ResponseIndex
@@ -111,6 +116,34 @@ RENEW = (
 )
 RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
 
+# Claim keys' upstream calls. KEYS: per key its index entry, then its lease; ARGV: per key the token
+# its lease would carry, then the lease's ms. Per key: its answer when the fleet has one (so a claim
+# is also the last lookup, in the same trip), else 1 when this call took the lease, else 0 (another
+# holds it). One script: no process can store an answer and drop its lease between the two looks.
+CLAIM = """
+local n = #KEYS / 2
+local out = {}
+for i = 1, n do
+  local body = redis.call('GET', KEYS[2*i-1])
+  if body then out[i] = body
+  elseif redis.call('SET', KEYS[2*i], ARGV[i], 'NX', 'PX', ARGV[n+1]) then out[i] = 1
+  else out[i] = 0 end
+end
+return out
+"""
+
+# Store answers and drop the leases held for them, in one trip and in that order: a waiter that sees
+# a lease gone finds the answer. KEYS: n index entries, then the leases; ARGV[1]: n, then the n
+# bodies, then each lease's token (a lease that expired and was taken by another stays theirs).
+STORE = """
+local n = tonumber(ARGV[1])
+for i = 1, n do redis.call('SET', KEYS[i], ARGV[i+1]) end
+for i = n + 1, #KEYS do
+  if redis.call('GET', KEYS[i]) == ARGV[i+1] then redis.call('DEL', KEYS[i]) end
+end
+return n
+"""
+
 # The lowest sample index of a request not in its run's set, added to it. KEYS[1]: the set.
 TAKE_SAMPLE = """
 local i = 0
@@ -146,6 +179,7 @@ class Link:
         self.outages = 0
         self.last_error: str | None = None
         self._reconnecting: asyncio.Task[None] | None = None
+        self._scripts: dict[str, AsyncScript] = {}
 
     async def call(self, work: Callable[[aioredis.Redis], Awaitable[Any]], fallback: Any) -> Any:
         """``work(client)``, or ``fallback`` when Redis is down, slow, or fails."""
@@ -158,6 +192,13 @@ class Link:
             self.down(exc)
             self.fallbacks += 1
             return fallback
+
+    def script(self, source: str) -> AsyncScript:
+        """``source`` as a script sent by its SHA (loaded again when Redis has forgotten it)."""
+        script = self._scripts.get(source)
+        if script is None:
+            script = self._scripts[source] = self.client.register_script(source)
+        return script
 
     def down(self, exc: BaseException) -> None:
         """Mark Redis unusable and start reconnecting."""
@@ -294,12 +335,13 @@ class RedisIndexFiller:
 class RedisIndex:
     """The response index with Redis behind this process's memory tier, and its own disk index behind that."""
 
-    def __init__(self, local: ResponseIndex, link: Link, prefix: str) -> None:
+    def __init__(self, local: ResponseIndex, link: Link, prefix: str, leases: dict[str, Lease]) -> None:
         self.local = local
         self.link = link
         self.prefix = index_prefix(prefix)
+        self.leases = leases  # this process's held leases: an answer's write also drops its key's
         self._gets: _Turn[str, bytes | None] = _Turn(self._mget)
-        self._sets: _Turn[tuple[str, bytes], bool] = _Turn(self._mset)
+        self._sets: _Turn[tuple[str, bytes], bool] = _Turn(self._store)
 
     async def aget(self, key: str) -> bytes | None:
         """Memory tier (no round trip), else Redis (one), else this process's disk index."""
@@ -328,10 +370,17 @@ class RedisIndex:
         names = [self.prefix + key for key in keys]
         return await self.link.call(lambda r: r.mget(names), [None] * len(keys))
 
-    async def _mset(self, items: list[tuple[str, bytes]]) -> list[bool]:
-        mapping = {self.prefix + key: body for key, body in items}
-        stored = await self.link.call(lambda r: r.mset(mapping), False)
-        return [bool(stored)] * len(items)
+    async def _store(self, items: list[tuple[str, bytes]]) -> list[bool]:
+        """The turn's answers, and the release of the leases held for them, in one script (:data:`STORE`)."""
+        entries = {self.prefix + key: body for key, body in items}
+        leases = [lease for lease in {key: self.leases.get(key) for key, _ in items}.values() if lease]
+        keys = [*entries, *(lease.name for lease in leases)]
+        args: list[bytes | str | int] = [len(entries), *entries.values(), *(lease.token for lease in leases)]
+        stored = await self.link.call(lambda r: self.link.script(STORE)(keys, args, r), None)
+        if stored is not None:
+            for lease in leases:
+                lease.dropped()  # its holder's release needs no trip of its own
+        return [stored is not None] * len(items)
 
     def close(self) -> None:
         """Close this process's disk index (the Redis link is closed with the state)."""
@@ -342,13 +391,22 @@ class RedisIndex:
 
 
 class Lease:
-    """A key's single-flight lease, renewed while its call runs: outlives a slow call, not a dead holder."""
+    """A key's single-flight lease, renewed while its call runs: outlives a slow call, not a dead holder.
 
-    def __init__(self, link: Link, name: str, token: str, ttl_ms: int) -> None:
+    Registered in ``held`` (by key) while held, so that storing the key's
+    answer drops the lease in the same trip (:meth:`RedisIndex._store`).
+    """
+
+    def __init__(
+        self, link: Link, key: str, name: str, token: str, ttl_ms: int, held: dict[str, Lease]
+    ) -> None:
         self.link = link
+        self.key = key
         self.name = name
         self.token = token
         self.ttl_ms = ttl_ms
+        self.held = held
+        held[key] = self
         self._renewing = asyncio.ensure_future(self._renew())
 
     async def _renew(self) -> None:
@@ -356,9 +414,21 @@ class Lease:
             await asyncio.sleep(self.ttl_ms / 3000)
             await self.link.call(lambda r: r.eval(RENEW, 1, self.name, self.token, self.ttl_ms), 0)
 
-    async def release(self) -> None:
-        """Give the lease up (only if still ours): waiting processes move on at once."""
+    def dropped(self) -> None:
+        """The lease is gone from Redis (its answer was stored): stop renewing, forget it."""
         self._renewing.cancel()
+        if self.held.get(self.key) is self:
+            del self.held[self.key]
+
+    async def release(self) -> None:
+        """Give the lease up (only if still ours): waiting processes move on at once.
+
+        No trip when storing the answer already dropped it; one when the call
+        failed (nothing stored) or the store could not reach Redis.
+        """
+        if self.held.get(self.key) is not self:
+            return
+        self.dropped()
         await self.link.call(lambda r: r.eval(RELEASE, 1, self.name, self.token), 0)
 
 
@@ -473,13 +543,17 @@ class RedisState(State):
         self.link = Link(config)
         self.prefix = config.prefix
         self.owner = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._tokens = itertools.count()  # each lease's token is its own: a stale one never drops a new one
+        self.leases: dict[str, Lease] = {}  # the keys this process holds the fleet's lease on
+        self._claims: _Turn[str, bytes | Claim | None] = _Turn(self._claim)
+        self.waiting = 0  # calls waiting for another process's answer now
 
     @property
     def shared(self) -> bool:  # type: ignore[override]
         return self.link.up
 
     def index(self, local: ResponseIndex) -> IndexLike:
-        return RedisIndex(local, self.link, self.prefix)
+        return RedisIndex(local, self.link, self.prefix, self.leases)
 
     def samples(self, cache_dir: Path) -> SampleLedger:
         return RedisSampleLedger(cache_dir, self.link, self.prefix)
@@ -488,12 +562,34 @@ class RedisState(State):
         limiter = RedisLimiter(self.link, self.prefix, model)
         return limiter if limiter.buckets else None
 
-    async def claim(self, key: str) -> Claim | None:
-        """A lease on ``key`` (SET NX PX); None when another process holds one. Redis out: ours."""
-        name = f"{self.prefix}lease:{key}"
+    async def claim(self, key: str) -> bytes | Claim | None:
+        """The fleet's answer for ``key``, else a lease on it (one script); None when another holds it.
+
+        Redis out of reach: the claim is ours (single-flight is per process meanwhile).
+        """
+        return await self._claims.submit(key)
+
+    async def _claim(self, keys: list[str]) -> list[bytes | Claim | None]:
+        """Every claim of one loop turn in one trip (:data:`CLAIM`)."""
         ttl_ms = int(self.config.lease_s * 1000)
-        taken = await self.link.call(lambda r: r.set(name, self.owner, nx=True, px=ttl_ms), True)
-        return Lease(self.link, name, self.owner, ttl_ms) if taken else None
+        entries = index_prefix(self.prefix)
+        names = [f"{self.prefix}lease:{key}" for key in keys]
+        tokens = [f"{self.owner}-{next(self._tokens)}" for _ in keys]
+        script_keys = [
+            name for key, lease in zip(keys, names, strict=True) for name in (entries + key, lease)
+        ]
+        found = await self.link.call(
+            lambda r: self.link.script(CLAIM)(script_keys, [*tokens, ttl_ms], r), [1] * len(keys)
+        )
+        claims: list[bytes | Claim | None] = []
+        for key, name, token, outcome in zip(keys, names, tokens, found, strict=True):
+            if isinstance(outcome, bytes):
+                claims.append(outcome)
+            elif outcome:
+                claims.append(Lease(self.link, key, name, token, ttl_ms, self.leases))
+            else:
+                claims.append(None)
+        return claims
 
     async def wait_for(self, key: str) -> bytes | None:
         """Poll for the holder's answer (one round trip a look, backing off) while its lease lives.
@@ -505,23 +601,28 @@ class RedisState(State):
         entry, lease = index_prefix(self.prefix) + key, f"{self.prefix}lease:{key}"
         deadline = time.monotonic() + self.config.wait_s
         pause = POLL_FIRST_S
-        while time.monotonic() < deadline:
-            found = await self.link.call(lambda r: r.mget([entry, lease]), None)
-            if found is None:
-                return None
-            body, holder = found
-            if isinstance(body, bytes):
-                return body
-            if holder is None:
-                return None
-            await asyncio.sleep(pause)
-            pause = min(POLL_MAX_S, pause * 2)
-        return None
+        self.waiting += 1
+        try:
+            while time.monotonic() < deadline:
+                found = await self.link.call(lambda r: r.mget([entry, lease]), None)
+                if found is None:
+                    return None
+                body, holder = found
+                if isinstance(body, bytes):
+                    return body
+                if holder is None:
+                    return None
+                await asyncio.sleep(pause)
+                pause = min(POLL_MAX_S, pause * 2)
+            return None
+        finally:
+            self.waiting -= 1
 
     def health(self) -> dict[str, Any]:
         detail = super().health()
         detail |= {"url": _without_password(self.link.url), "fallbacks": self.link.fallbacks}
         detail["outages"] = self.link.outages
+        detail["waiting"] = self.waiting
         if not self.link.up:
             detail["per_process"] = "everything, until redis is back: " + (self.link.last_error or "")
         return detail
