@@ -143,11 +143,15 @@ class TaskConfig:
         return str(self.raw.get("task_alias") or self.name)
 
 
-def _metadata_version(metadata: Any) -> Any:
-    """lm-eval's task version, ``metadata.version`` (the scorer's own ``version:`` wins over it)."""
+def _metadata_version(metadata: Any, lmeval_form: bool) -> Any:
+    """lm-eval's task version, ``metadata.version`` (the scorer's own ``version:`` wins over it).
+
+    Without one, a file in lm-eval's form (``dataset_path``) is reported as lm-eval
+    reports it, ``"Yaml"``; the scorer's own form as 1.0.
+    """
     if isinstance(metadata, dict) and metadata.get("version") is not None:
         return metadata["version"]
-    return 1.0
+    return "Yaml" if lmeval_form else 1.0
 
 
 def _fold_lmeval_keys(data: dict[str, Any], where: str) -> dict[str, Any]:
@@ -208,6 +212,7 @@ def parse_task(data: Any, where: str, base_dir: Path | None = None, strict: bool
     """
     if not isinstance(data, dict):
         raise BadInput(f"{where}: a task must be a mapping, got {type(data).__name__}")
+    lmeval_form = "dataset_path" in data
     data = _fold_lmeval_keys(data, where)
     unknown = sorted(set(data) - _KNOWN)
     if unknown and strict:
@@ -224,7 +229,7 @@ def parse_task(data: Any, where: str, base_dir: Path | None = None, strict: bool
     at = f"{where} (task {name})"
     raw: dict[str, Any] = {
         "task": name,
-        "version": data.get("version", _metadata_version(data.get("metadata"))),
+        "version": data.get("version", _metadata_version(data.get("metadata"), lmeval_form)),
         "description": data.get("description", "") or "",
         "dataset": _dataset(data["dataset"], at, base_dir),
         "eval_split": str(data["eval_split"]),

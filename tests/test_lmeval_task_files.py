@@ -262,6 +262,10 @@ def test_versions_and_aliases_are_lm_evals_metadata_version_and_task_alias(task_
     astronomy = load_task_file(task_dir / "mmlu_astronomy.yaml")
     assert (gsm8k.version, gsm8k.alias) == (3.0, "gsm8k")  # its metadata.version, lm-eval's task.VERSION
     assert (astronomy.version, astronomy.alias) == (1.0, "astronomy")
+    arc = (task_dir / "arc_easy.yaml").read_text()
+    unversioned = task_dir / "arc_unversioned.yaml"
+    unversioned.write_text(arc[: arc.index("metadata:")].replace("task: arc_easy", "task: arc_unversioned"))
+    assert load_task_file(unversioned).version == "Yaml"  # lm-eval's ConfigurableTask.VERSION
 
 
 # -- end to end through the real model ----------------------------------------------------------------
