@@ -362,6 +362,23 @@ class WorkersProcess(GatewayProcess):
             self.process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=log)
 
 
+async def ask_both_workers(
+    server: WorkersProcess, session: aiohttp.ClientSession, distinct: int, duplicates: int
+) -> tuple[list[tuple[int, str, bytes]], dict[str, object]]:
+    """Once both workers listen, the replies to a workload with duplicates, and ``/healthz``'s detail."""
+    await server.wait_healthy(session)
+
+    async def all_serving() -> bool:
+        return server.log.read_text().count("gateway: serving") == 2
+
+    await _until(all_serving, 60, "both workers to listen")
+    # New connections each time: the kernel spreads connections, not requests, between workers.
+    prompts = workload(distinct=distinct, duplicates=duplicates)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as fresh:
+        replies = await asyncio.gather(*(ask(fresh, server.url, p) for p in prompts))
+        return list(replies), await health(fresh, server)
+
+
 @pytest.mark.parametrize("backend", ["local", "redis"])
 async def test_serve_workers_serves_one_port_from_several_processes_each_with_its_own_shards(
     backend: str,
@@ -379,17 +396,7 @@ async def test_serve_workers_serves_one_port_from_several_processes_each_with_it
     server = WorkersProcess(2, config, tmp_path / "store", tmp_path / "gateway.log")
     server.start()
     try:
-        await server.wait_healthy(session)
-
-        async def all_serving() -> bool:
-            return server.log.read_text().count("gateway: serving") == 2
-
-        await _until(all_serving, 30, "both workers to listen")
-        # New connections each time: the kernel spreads connections, not requests, between workers.
-        prompts = workload(distinct=40, duplicates=20)
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as fresh:
-            replies = await asyncio.gather(*(ask(fresh, server.url, p) for p in prompts))
-            detail = await health(fresh, server)
+        replies, detail = await ask_both_workers(server, session, distinct=40, duplicates=20)
         assert all(status == 200 for status, _, _ in replies)
         shards = shard_paths(run_dir(server.cache_dir, RUN))
         assert len(shards) == 2, [s.name for s in shards]  # both workers served, each in its own shard
@@ -427,16 +434,7 @@ async def test_serve_workers_launches_its_redis_and_upstream_once_and_stops_them
     server = WorkersProcess(2, config, tmp_path / "store", tmp_path / "gateway.log")
     server.start()
     try:
-        await server.wait_healthy(session)
-
-        async def all_serving() -> bool:
-            return server.log.read_text().count("gateway: serving") == 2
-
-        await _until(all_serving, 60, "both workers to listen")
-        prompts = workload(distinct=20, duplicates=10)
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as fresh:
-            replies = await asyncio.gather(*(ask(fresh, server.url, p) for p in prompts))
-            detail = await health(fresh, server)
+        replies, detail = await ask_both_workers(server, session, distinct=20, duplicates=10)
         assert all(status == 200 for status, _, _ in replies)
         assert (await standin.stats(session))["total"] == 20  # both workers share the launched Redis
         assert detail["state"]["shared"] is True  # type: ignore[index]
