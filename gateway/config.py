@@ -210,6 +210,9 @@ class StateConfig(_Strict):
     timeout_s: float = Field(default=1.0, gt=0, le=10)  # a Redis slower than this counts as down
     lease_s: float = Field(default=10.0, gt=0, le=600)  # a dead holder's single-flight lease expires
     wait_s: float = Field(default=600.0, gt=0)  # the longest a process waits for another's answer
+    # A waiter is woken by the holder's announcement (Redis pub/sub); it looks again at least this often
+    # anyway, so a lost announcement or a dead holder's expired lease still ends its wait.
+    wait_recheck_s: float = Field(default=1.0, gt=0, le=600)
     # A Redis the gateway starts itself (e.g. ``command: redis-server --port 6390 --save ""``) and
     # stops with itself, as a model's ``launch``; under ``serve --workers`` the parent starts it once.
     launch: LaunchConfig | None = None

@@ -48,13 +48,14 @@ async def start_fleet(
     redis_url: str,
     session: aiohttp.ClientSession,
     replicas: int = REPLICAS,
+    state_timing: str = STATE_TIMING,
     **model: object,
 ) -> list[GatewayProcess]:
     """Three replicas, each with a cache dir of its own (as on three machines): only Redis is shared."""
     fleet = []
     for n in range(replicas):
         config = gateway_config(tmp_path / f"gateway{n}.yaml", standin.api_base, **model)
-        state = f"state: {{backend: redis, url: '{redis_url}', replicas: {replicas}, {STATE_TIMING}}}\n"
+        state = f"state: {{backend: redis, url: '{redis_url}', replicas: {replicas}, {state_timing}}}\n"
         config.write_text(state + config.read_text())
         replica = GatewayProcess(config, tmp_path / f"store{n}", tmp_path / f"gateway{n}.log")
         replica.start()
@@ -201,6 +202,114 @@ async def test_a_killed_replica_loses_no_acknowledged_answer_and_its_leases_expi
             assert (status, served) == (200, "hit")
     finally:
         stop_fleet(fleet)
+
+
+# A waiter looks again on its own only every 30 s: one that answers within the tests' deadlines was woken.
+ANNOUNCED_ONLY = STATE_TIMING + ", wait_recheck_s: 30"
+WOKEN_WITHIN_S = 10
+
+
+def redis_calls(redis_server: RedisServer, command: str) -> int:
+    """How many times Redis has run ``command`` (``INFO commandstats``), those inside scripts included."""
+    for line in redis_server.command("INFO", "commandstats").decode().splitlines():
+        if line.startswith(f"cmdstat_{command}:"):
+            return int(line.split("calls=")[1].split(",")[0])
+    return 0
+
+
+async def test_a_waiter_on_another_replica_is_woken_by_the_holders_store_not_by_polling(
+    tmp_path: Path,
+    standin: StandInProcess,
+    redis_url: str,
+    redis_server: RedisServer,
+    session: aiohttp.ClientSession,
+) -> None:
+    """The holder's store announces the answer to the replica waiting for it, even after a wait longer than
+    lease_s (the waited-for mark lives in the lease, renewed with it): with its own looks 30 s apart, the
+    waiter answers at once."""
+    fleet = await start_fleet(tmp_path, standin, redis_url, session, replicas=2, state_timing=ANNOUNCED_ONLY)
+    try:
+        held = asyncio.ensure_future(ask(session, fleet[0].url, "hold: announced"))
+        await _until_in_flight(session, standin, 1)
+        follower = asyncio.ensure_future(ask(session, fleet[1].url, "hold: announced"))
+        await _until_a_replica_waits(session, fleet[1:])
+        renewed = redis_calls(redis_server, "eval")  # the holder renews its lease (an EVAL) every lease_s / 3
+
+        async def past_lease_s() -> bool:
+            return redis_calls(redis_server, "eval") >= renewed + 4
+
+        await _until(past_lease_s, 20, "the holder to renew its lease for longer than lease_s")
+        await standin.release(session)
+        assert (await held)[:2] == (200, "miss")
+        status, served, _ = await asyncio.wait_for(follower, WOKEN_WITHIN_S)
+        assert (status, served) == (200, "coalesced")
+        assert (await standin.stats(session))["total"] == 1
+        assert (await health(session, fleet[1]))["state"]["announced"] >= 1  # type: ignore[index,operator]
+    finally:
+        stop_fleet(fleet)
+
+
+async def test_a_waiter_is_woken_at_once_when_the_holder_gives_up(
+    tmp_path: Path, standin: StandInProcess, redis_url: str, session: aiohttp.ClientSession
+) -> None:
+    """The holder's call fails (its upstream is gone): its release announces it, and the waiter (its own looks
+    30 s apart) claims the key and tries itself at once, rather than after its next look."""
+    fleet = await start_fleet(tmp_path, standin, redis_url, session, replicas=2, state_timing=ANNOUNCED_ONLY)
+    try:
+        held = asyncio.ensure_future(ask(session, fleet[0].url, "hold: given up"))
+        await _until_in_flight(session, standin, 1)
+        follower = asyncio.ensure_future(ask(session, fleet[1].url, "hold: given up"))
+        await _until_a_replica_waits(session, fleet[1:])
+        standin.stop()
+        assert (await held)[0] >= 500
+        status, served, _ = await asyncio.wait_for(follower, WOKEN_WITHIN_S)
+        assert status >= 500 and served != "coalesced", (
+            status,
+            served,
+        )  # it called the (gone) upstream itself
+        assert (await health(session, fleet[1]))["state"]["announced"] >= 1  # type: ignore[index,operator]
+    finally:
+        stop_fleet(fleet)
+
+
+async def test_after_redis_comes_back_each_replica_subscribes_again_and_its_waiters_are_woken(
+    tmp_path: Path,
+    standin: StandInProcess,
+    redis_url: str,
+    redis_server: RedisServer,
+    session: aiohttp.ClientSession,
+) -> None:
+    fleet = await start_fleet(tmp_path, standin, redis_url, session, replicas=2, state_timing=ANNOUNCED_ONLY)
+    try:
+        for replica in fleet:
+            await _until_subscribed(session, replica)
+        redis_server.stop()
+
+        async def unsubscribed() -> bool:
+            return not any([(await health(session, replica))["state"]["subscribed"] for replica in fleet])  # type: ignore[index]
+
+        await _until(unsubscribed, 10, "both replicas to lose their subscription")
+        redis_server.start()
+        for replica in fleet:
+            await _until_subscribed(session, replica)
+        held = asyncio.ensure_future(ask(session, fleet[0].url, "hold: after the outage"))
+        await _until_in_flight(session, standin, 1)
+        follower = asyncio.ensure_future(ask(session, fleet[1].url, "hold: after the outage"))
+        await _until_a_replica_waits(session, fleet[1:])
+        await standin.release(session)
+        assert (await held)[:2] == (200, "miss")
+        status, served, _ = await asyncio.wait_for(follower, WOKEN_WITHIN_S)
+        assert (status, served) == (200, "coalesced")
+        assert (await health(session, fleet[1]))["state"]["announced"] >= 1  # type: ignore[index,operator]
+    finally:
+        stop_fleet(fleet)
+
+
+async def _until_subscribed(session: aiohttp.ClientSession, replica: GatewayProcess) -> None:
+    async def subscribed() -> bool:
+        return bool((await health(session, replica))["state"]["subscribed"])  # type: ignore[index]
+
+    await _until(subscribed, 20, f"{replica.url} to subscribe to the fleet's announcements")
 
 
 async def test_redis_stopped_mid_load_the_replicas_keep_answering_and_recording_then_share_again(

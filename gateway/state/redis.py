@@ -17,6 +17,11 @@ that lookup; a claim that looks the key up again and, when it is still
 absent, takes its lease in the same script (:data:`CLAIM`); and one script
 that stores the answer and drops the lease (:data:`STORE`). Claims and
 stores are batched per loop turn, like lookups.
+
+A process that finds another holding a key's lease waits for it without
+polling: its claim marks the key waited-for, and the holder's store (or
+release) publishes the key's end in the same script, which the waiting
+process hears on its one subscription (:mod:`gateway.state.wakeups`).
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from cache.index import ResponseIndex
 from gateway.samples import SampleLedger
 from gateway.singleflight import run_detached
 from gateway.state import Claim, IndexLike, SharedLimiter, State
+from gateway.state.wakeups import Wakeups, done_channel
 
 if TYPE_CHECKING:
     from gateway.config import ModelConfig, StateConfig
@@ -52,8 +58,9 @@ T = TypeVar("T")
 
 RECONNECT_EVERY_S = 0.5
 MAX_CONNECTIONS = 32
-# The shortest and longest pause between two looks for another process's answer.
-POLL_FIRST_S, POLL_MAX_S = 0.005, 0.1
+# The pause between two looks for another process's answer while this process is not subscribed to the
+# announcements of answers (Redis just came back): with the subscription, ``state.wait_recheck_s``.
+UNSUBSCRIBED_POLL_S = 0.1
 
 # Token buckets taken atomically: all of them or none. KEYS: one hash per bucket, then the pause key.
 # ARGV: per bucket capacity, refill per second, amount. Returns the seconds to wait (0: taken), as a
@@ -109,17 +116,30 @@ PAUSE = (
     "redis.call('SET', KEYS[1], 1, 'PX', ARGV[1]) end return 1"
 )
 
+# A lease's value is its holder's token; a claim that finds the lease held appends " waited" to it (the
+# scripts below spell it out), so the holder's store or release announces the lease's end only when
+# some process waits for it (none for a miss nobody else asked for), and the mark lives as the lease does.
+# Each script takes a lease as its holder's when its value is the token, marked or not.
+
 # Renew or drop a lease only while it is still ours (a lease that expired may be someone else's now).
+# Dropping a waited-for lease announces it on ARGV[2] (message: the lease's name), as STORE does.
 RENEW = (
-    "if redis.call('GET', KEYS[1]) == ARGV[1] then "
+    "local v = redis.call('GET', KEYS[1]) if v == ARGV[1] or v == ARGV[1] .. ' waited' then "
     "return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0"
 )
-RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+RELEASE = """
+local v = redis.call('GET', KEYS[1])
+if v ~= ARGV[1] and v ~= ARGV[1] .. ' waited' then return 0 end
+redis.call('DEL', KEYS[1])
+if v ~= ARGV[1] then redis.call('PUBLISH', ARGV[2], KEYS[1]) end
+return 1
+"""
 
 # Claim keys' upstream calls. KEYS: per key its index entry, then its lease; ARGV: per key the token
 # its lease would carry, then the lease's ms. Per key: its answer when the fleet has one (so a claim
 # is also the last lookup, in the same trip), else 1 when this call took the lease, else 0 (another
-# holds it). One script: no process can store an answer and drop its lease between the two looks.
+# holds it: then the key is marked waited-for, so that its holder announces its end). One script: no
+# process can store an answer and drop its lease between the two looks.
 CLAIM = """
 local n = #KEYS / 2
 local out = {}
@@ -127,19 +147,31 @@ for i = 1, n do
   local body = redis.call('GET', KEYS[2*i-1])
   if body then out[i] = body
   elseif redis.call('SET', KEYS[2*i], ARGV[i], 'NX', 'PX', ARGV[n+1]) then out[i] = 1
-  else out[i] = 0 end
+  else
+    local holder = redis.call('GET', KEYS[2*i])
+    if holder and string.sub(holder, -7) ~= ' waited' then
+      redis.call('SET', KEYS[2*i], holder .. ' waited', 'XX', 'KEEPTTL')
+    end
+    out[i] = 0
+  end
 end
 return out
 """
 
 # Store answers and drop the leases held for them, in one trip and in that order: a waiter that sees
 # a lease gone finds the answer. KEYS: n index entries, then the leases; ARGV[1]: n, then the n
-# bodies, then each lease's token (a lease that expired and was taken by another stays theirs).
+# bodies, then each lease's token (a lease that expired and was taken by another stays theirs), then the
+# channel on which a dropped lease some process waited for is announced (in the same trip: a waiter
+# wakes at once instead of polling; see gateway.state.wakeups).
 STORE = """
 local n = tonumber(ARGV[1])
 for i = 1, n do redis.call('SET', KEYS[i], ARGV[i+1]) end
 for i = n + 1, #KEYS do
-  if redis.call('GET', KEYS[i]) == ARGV[i+1] then redis.call('DEL', KEYS[i]) end
+  local v = redis.call('GET', KEYS[i])
+  if v == ARGV[i+1] or v == ARGV[i+1] .. ' waited' then
+    redis.call('DEL', KEYS[i])
+    if v ~= ARGV[i+1] then redis.call('PUBLISH', ARGV[#ARGV], KEYS[i]) end
+  end
 end
 return n
 """
@@ -340,6 +372,7 @@ class RedisIndex:
         self.link = link
         self.prefix = index_prefix(prefix)
         self.leases = leases  # this process's held leases: an answer's write also drops its key's
+        self.channel = done_channel(prefix)
         self._gets: _Turn[str, bytes | None] = _Turn(self._mget)
         self._sets: _Turn[tuple[str, bytes], bool] = _Turn(self._store)
 
@@ -376,6 +409,7 @@ class RedisIndex:
         leases = [lease for lease in {key: self.leases.get(key) for key, _ in items}.values() if lease]
         keys = [*entries, *(lease.name for lease in leases)]
         args: list[bytes | str | int] = [len(entries), *entries.values(), *(lease.token for lease in leases)]
+        args.append(self.channel)
         stored = await self.link.call(lambda r: self.link.script(STORE)(keys, args, r), None)
         if stored is not None:
             for lease in leases:
@@ -398,11 +432,12 @@ class Lease:
     """
 
     def __init__(
-        self, link: Link, key: str, name: str, token: str, ttl_ms: int, held: dict[str, Lease]
+        self, link: Link, key: str, name: str, token: str, ttl_ms: int, held: dict[str, Lease], channel: str
     ) -> None:
         self.link = link
         self.key = key
         self.name = name
+        self.channel = channel  # where giving the lease up is announced, when someone waits for it
         self.token = token
         self.ttl_ms = ttl_ms
         self.held = held
@@ -429,7 +464,7 @@ class Lease:
         if self.held.get(self.key) is not self:
             return
         self.dropped()
-        await self.link.call(lambda r: r.eval(RELEASE, 1, self.name, self.token), 0)
+        await self.link.call(lambda r: r.eval(RELEASE, 1, self.name, self.token, self.channel), 0)
 
 
 class RedisLimiter:
@@ -547,6 +582,7 @@ class RedisState(State):
         self.leases: dict[str, Lease] = {}  # the keys this process holds the fleet's lease on
         self._claims: _Turn[str, bytes | Claim | None] = _Turn(self._claim)
         self.waiting = 0  # calls waiting for another process's answer now
+        self.wakeups = Wakeups(self.link, self.prefix, RECONNECT_EVERY_S)
 
     @property
     def shared(self) -> bool:  # type: ignore[override]
@@ -586,35 +622,48 @@ class RedisState(State):
             if isinstance(outcome, bytes):
                 claims.append(outcome)
             elif outcome:
-                claims.append(Lease(self.link, key, name, token, ttl_ms, self.leases))
+                claims.append(Lease(self.link, key, name, token, ttl_ms, self.leases, self.wakeups.channel))
             else:
                 claims.append(None)
         return claims
 
     async def wait_for(self, key: str) -> bytes | None:
-        """Poll for the holder's answer (one round trip a look, backing off) while its lease lives.
+        """The holder's answer, looked up when its end is announced (:mod:`gateway.state.wakeups`).
 
-        None once the lease is gone without an answer (the holder failed, or
-        died and its lease expired), Redis is out of reach, or ``wait_s`` passed:
-        the caller then tries to claim the key itself.
+        Looks once at the start (the end may have come before this process
+        was listening for it), then after each announcement, and at least
+        every ``wait_recheck_s`` (a lost announcement, a dead holder whose
+        lease expired). None once the lease is gone without an answer (the
+        holder failed, or died), after an announcement without an answer (the
+        key changed hands: claiming again marks it waited-for again), when
+        Redis is out of reach, or after ``wait_s``: the caller then tries to
+        claim the key itself.
         """
         entry, lease = index_prefix(self.prefix) + key, f"{self.prefix}lease:{key}"
         deadline = time.monotonic() + self.config.wait_s
-        pause = POLL_FIRST_S
+        announced = False
         self.waiting += 1
         try:
-            while time.monotonic() < deadline:
-                found = await self.link.call(lambda r: r.mget([entry, lease]), None)
-                if found is None:
-                    return None
-                body, holder = found
-                if isinstance(body, bytes):
-                    return body
-                if holder is None:
-                    return None
-                await asyncio.sleep(pause)
-                pause = min(POLL_MAX_S, pause * 2)
-            return None
+            while True:
+                ended = self.wakeups.expect(lease)  # before looking: no announcement falls in between
+                try:
+                    found = await self.link.call(lambda r: r.mget([entry, lease]), None)
+                    if found is None:
+                        return None
+                    body, holder = found
+                    if isinstance(body, bytes):
+                        return body
+                    left = deadline - time.monotonic()
+                    if holder is None or announced or left <= 0:
+                        return None
+                    pause = self.config.wait_recheck_s if self.wakeups.listening else UNSUBSCRIBED_POLL_S
+                    try:
+                        await asyncio.wait_for(ended.wait(), min(pause, left))
+                        announced = True
+                    except asyncio.TimeoutError:
+                        pass
+                finally:
+                    self.wakeups.forget(lease, ended)
         finally:
             self.waiting -= 1
 
@@ -623,14 +672,18 @@ class RedisState(State):
         detail |= {"url": _without_password(self.link.url), "fallbacks": self.link.fallbacks}
         detail["outages"] = self.link.outages
         detail["waiting"] = self.waiting
+        detail["announced"] = self.wakeups.heard  # answers (or give-ups) this process heard announced
+        detail["subscribed"] = self.wakeups.listening  # else waiters look every UNSUBSCRIBED_POLL_S
         if not self.link.up:
             detail["per_process"] = "everything, until redis is back: " + (self.link.last_error or "")
         return detail
 
     async def start(self) -> None:
         await self.link.connect()
+        self.wakeups.start()
 
     async def close(self) -> None:
+        await self.wakeups.close()
         await self.link.close()
 
 
