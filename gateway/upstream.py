@@ -157,8 +157,21 @@ class Upstream:
         attempts: Attempts,
         check: Callable[[Any], object] | None = None,
     ) -> Answered:
+        # The first attempt runs bare: most calls succeed at once, and building tenacity's
+        # retry state costs a miss more than the call's own bookkeeping.
+        try:
+            return await self._once(endpoint, body, attempts, check)
+        except UpstreamError as exc:
+            if not exc.retryable or self.model.retries.attempts <= 1:
+                raise
+            first: UpstreamError | None = exc
+        # Tenacity takes over from here, its attempt 1 being the failure above: same backoff,
+        # same stop, same counting as if it had run every attempt itself.
         async for attempt in self._retrying():
             with attempt:
+                if first is not None:
+                    failed, first = first, None
+                    raise failed
                 return await self._once(endpoint, body, attempts, check)
         raise AssertionError("unreachable: tenacity re-raises the last error")
 

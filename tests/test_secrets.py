@@ -277,3 +277,25 @@ def test_gateway_keys_hash_refuses_a_key_too_short_to_mask() -> None:
     assert short.exit_code == 2 and "at least 8 characters" in short.output
     long = CliRunner().invoke(main, ["keys", "hash"], input="abc12345\n")
     assert long.exit_code == 0 and long.output.strip() == digest("abc12345")
+
+
+async def test_the_provider_key_is_read_from_the_environment_at_each_call(
+    make_gateway: GatewayFactory, standin: StandIn, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # The provider builds its headers once and reuses them: a rotated key must still go out next.
+    gateway = await keyed_gateway(make_gateway, standin, tmp_path / "store")
+    sent = []
+    for key in ("sk-first-1111", "sk-rotated-2222", None):
+        if key is None:
+            monkeypatch.delenv(KEY_ENV, raising=False)
+        else:
+            monkeypatch.setenv(KEY_ENV, key)
+        response = await gateway.post("/v1/completions", {**BODY, "prompt": f"for {key}"})
+        assert response.status == 200
+        seen = standin.headers_seen[-1]
+        sent.append((seen.get("Authorization"), seen.get("Content-Type")))
+    assert sent == [
+        ("Bearer sk-first-1111", "application/json"),
+        ("Bearer sk-rotated-2222", "application/json"),
+        (None, "application/json"),
+    ]

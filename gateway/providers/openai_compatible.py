@@ -12,6 +12,8 @@ from typing import Any
 
 import aiohttp
 import orjson
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
 
 from gateway.batches.upstream import UpstreamBatches
 from gateway.config import ModelConfig
@@ -42,6 +44,9 @@ class OpenAICompatibleProvider(Capabilities):
         self.api_base = base
         self.server_root = base[: -len("/v1")] if base.endswith("/v1") else base
         self.timeout = aiohttp.ClientTimeout(total=model.timeout_s)
+        # Built once and reused: a miss should not pay for parsing the same URL and headers again.
+        self._urls: dict[str, URL] = {}
+        self._headers_for: tuple[str | None, CIMultiDictProxy[str], CIMultiDictProxy[str]] | None = None
 
     def url(self, endpoint: str) -> str:
         """The upstream URL for a gateway endpoint."""
@@ -49,20 +54,31 @@ class OpenAICompatibleProvider(Capabilities):
             return self.api_base + endpoint[3:]
         return self.server_root + endpoint
 
-    def _headers(self) -> dict[str, str]:
+    def _parsed_url(self, endpoint: str) -> URL:
+        url = self._urls.get(endpoint)
+        if url is None:
+            url = self._urls[endpoint] = URL(self.url(endpoint))
+        return url
+
+    def _headers(self, with_body: bool) -> CIMultiDictProxy[str]:
+        """The request headers, rebuilt only when the key in the environment changes (read per call)."""
         key = self.model.api_key()
-        return {"Authorization": f"Bearer {key}"} if key else {}
+        built = self._headers_for
+        if built is None or built[0] != key:
+            plain = CIMultiDict({"Authorization": f"Bearer {key}"} if key else {})
+            posted = CIMultiDict(plain)
+            posted["Content-Type"] = "application/json"
+            built = self._headers_for = (key, CIMultiDictProxy(plain), CIMultiDictProxy(posted))
+        return built[2] if with_body else built[1]
 
     async def call(self, endpoint: str, body: dict[str, Any] | None) -> Reply:
         """One request, its whole 200 body."""
         method = "GET" if body is None else "POST"
         data = None if body is None else orjson.dumps(body)
-        headers = self._headers()
-        if data is not None:
-            headers["Content-Type"] = "application/json"
+        headers = self._headers(data is not None)
         try:
             async with self.session.request(
-                method, self.url(endpoint), data=data, headers=headers, timeout=self.timeout
+                method, self._parsed_url(endpoint), data=data, headers=headers, timeout=self.timeout
             ) as response:
                 payload = await response.read()
                 if response.status != 200:
@@ -81,10 +97,10 @@ class OpenAICompatibleProvider(Capabilities):
 
     async def stream(self, endpoint: str, body: dict[str, Any]) -> AsyncIterator[bytes]:
         """Server-sent events from the upstream, one ``data`` payload at a time."""
-        headers = {**self._headers(), "Content-Type": "application/json"}
+        headers = self._headers(with_body=True)
         try:
             async with self.session.post(
-                self.url(endpoint), data=orjson.dumps(body), headers=headers, timeout=self.timeout
+                self._parsed_url(endpoint), data=orjson.dumps(body), headers=headers, timeout=self.timeout
             ) as response:
                 if response.status != 200:
                     raise upstream_status(response.status, await response.read(), response.headers)
