@@ -8,19 +8,30 @@ steer the buckets; real usage refunds the difference, when the upstream's
 
 from __future__ import annotations
 
+import logging
 from functools import lru_cache
 from typing import Any
 
 CHARS_PER_TOKEN = 4
+log = logging.getLogger("gateway.tokens")
 
 
 @lru_cache(maxsize=16)
 def _tiktoken_encoder(model: str) -> Any:
+    """tiktoken's encoder for ``model``, or None (then the estimate), tried once per model.
+
+    tiktoken downloads an encoding the first time; offline, or behind a proxy
+    that refuses it, that fails with whatever the HTTP stack raises. An estimate
+    must never fail a request, so any failure means no encoder (and is cached).
+    """
     try:
         import tiktoken
 
         return tiktoken.encoding_for_model(model.split("/")[-1])
     except (ImportError, KeyError):
+        return None
+    except Exception as exc:  # the encoding file could not be fetched or read
+        log.warning("no tiktoken encoding for %s (%s); estimating its tokens", model, exc)
         return None
 
 
