@@ -257,7 +257,7 @@ async def test_greedy_chat_matches_the_vllm_server(
 async def test_a_streamed_completion_carries_the_servers_text(
     engine: EngineGateway, vllm: VLLMServer, http: aiohttp.ClientSession
 ) -> None:
-    body = {"model": "smollm2", "prompt": PROMPTS[3], "max_tokens": 16, "temperature": 0}
+    body = {"model": "smollm2", "prompt": PROMPTS[3], "max_tokens": 16, "temperature": 0, "logprobs": 2}
     theirs = await post(http, vllm.url + "/v1/completions", body)
     streamed = {**body, "stream": True, "stream_options": {"include_usage": True}}
     async with http.post(engine.url + "/v1/completions", json=streamed) as response:
@@ -266,10 +266,14 @@ async def test_a_streamed_completion_carries_the_servers_text(
         raw = await response.read()
     events = [line[6:] for line in raw.split(b"\n") if line.startswith(b"data: ")]
     assert events[-1] == b"[DONE]"
-    chunks = [orjson.loads(e) for e in events[:-1]]
-    text = "".join(c["choices"][0].get("text") or "" for c in chunks if c.get("choices"))
-    assert text == theirs["choices"][0]["text"]
-    assert [c["usage"] for c in chunks if c.get("usage")][-1]["completion_tokens"] == 16
+    chunks = [orjson.loads(e)["choices"][0] for e in events[:-1] if orjson.loads(e).get("choices")]
+    tokens = [
+        t for c in chunks for t in zip(c["logprobs"]["tokens"], c["logprobs"]["top_logprobs"], strict=True)
+    ]
+    assert "".join(c.get("text") or "" for c in chunks) == "".join(token for token, _ in tokens)
+    assert_same_greedy(tokens, completion_tokens(theirs))  # the server's text, up to a near tie
+    usage = [orjson.loads(e)["usage"] for e in events[:-1] if orjson.loads(e).get("usage")]
+    assert usage[-1]["completion_tokens"] == 16
 
 
 # -- tokenizer endpoints -------------------------------------------------------------
