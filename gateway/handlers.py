@@ -173,7 +173,7 @@ class Handlers:
             key=key,
             cache_mode=cache_mode(request.headers.get("Cache-Control", "")),
             stream=bool(body and body.get("stream")),
-            task=request.headers.get("X-Task") or _task_of(body),
+            task=request.headers.get("X-Task") or task_of(body),
         )
         if body is None or not is_sampled(endpoint, body):
             return call
@@ -213,7 +213,8 @@ def _model_entry(model: ModelConfig) -> dict[str, Any]:
     }
 
 
-def _task_of(body: dict[str, Any] | None) -> str | None:
+def task_of(body: dict[str, Any] | None) -> str | None:
+    """The task a body names for itself (``metadata.task``), as ``X-Task`` would."""
     metadata = body.get("metadata") if body else None
     task = metadata.get("task") if isinstance(metadata, dict) else None
     return task if isinstance(task, str) else None

@@ -80,7 +80,7 @@ class BatchGatewayClient(GatewayClient):
                 raise GatewayFailure(f"GET file {file_id}: {response.status}")
             return [orjson.loads(line) for line in (await response.read()).splitlines()]
 
-    async def _submit(self, endpoint: str, requests: list[Request]) -> str:
+    async def _submit(self, endpoint: str, requests: list[Request], label: str | None) -> str:
         content = b"".join(
             orjson.dumps({"custom_id": r.key, "method": "POST", "url": endpoint, "body": r.body}) + b"\n"
             for r in requests
@@ -90,8 +90,10 @@ class BatchGatewayClient(GatewayClient):
         form.add_field("file", content, filename="round.jsonl", content_type="application/jsonl")
         uploaded = await self.request_json("POST", "/v1/files", data=form)
         batch = {"input_file_id": uploaded["id"], "endpoint": endpoint, "completion_window": "24h"}
-        # Sample 0 of a sampling request, as every online POST of the scorer pins it.
-        created = await self.request_json("POST", "/v1/batches", json=batch, headers={"X-Sample-Index": "0"})
+        # Sample 0 of a sampling request, as every online POST of the scorer pins it; the round's
+        # label for every line, as X-Task labels an online request.
+        headers = {"X-Sample-Index": "0", **({"X-Task": label} if label else {})}
+        created = await self.request_json("POST", "/v1/batches", json=batch, headers=headers)
         return str(created["id"])
 
     async def send(
@@ -99,7 +101,7 @@ class BatchGatewayClient(GatewayClient):
     ) -> dict[str, dict[str, Any]]:
         """The round's answers by key, once its batches are done; else :class:`BatchPending`.
 
-        (``label`` is the online ``X-Task``; a batch's lines are recorded under the run without it.)
+        (``label`` is the ``X-Task`` of the round's batches: their lines are recorded under it.)
         """
         distinct = {r.key: r for r in requests}
         rounds = self.ledger.read()
@@ -108,7 +110,7 @@ class BatchGatewayClient(GatewayClient):
             by_endpoint: dict[str, list[Request]] = {}
             for r in distinct.values():
                 by_endpoint.setdefault(r.endpoint, []).append(r)
-            ids = {endpoint: await self._submit(endpoint, rs) for endpoint, rs in by_endpoint.items()}
+            ids = {endpoint: await self._submit(endpoint, rs, label) for endpoint, rs in by_endpoint.items()}
             rounds[desc] = {"gateway": self.gateway, "batches": ids}
             self.ledger.write(rounds)
             entry = rounds[desc]

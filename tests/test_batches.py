@@ -82,10 +82,13 @@ def client(url: str) -> AsyncOpenAI:
     return AsyncOpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
 
 
-async def submit(openai: AsyncOpenAI, lines: list[tuple[str, dict[str, Any]]]) -> Any:
+async def submit(openai: AsyncOpenAI, lines: list[tuple[str, dict[str, Any]]], **headers: str) -> Any:
     uploaded = await openai.files.create(file=("input.jsonl", jsonl(lines)), purpose="batch")
     return await openai.batches.create(
-        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+        input_file_id=uploaded.id,
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+        extra_headers=headers or None,
     )
 
 
@@ -158,6 +161,25 @@ async def test_a_batch_whose_lines_are_all_cached_completes_at_once(
     assert provider.batches == {}
     output = await lines_of(openai, batch.output_file_id)
     assert [line["custom_id"] for line in output] == ["x", "y", "z"]
+
+
+async def test_a_batch_labelled_with_x_task_records_every_line_under_it_unless_the_line_names_its_own(
+    provider: BatchStandIn, make_gateway: GatewayFactory
+) -> None:
+    gateway = await make_gateway(upstream_yaml(provider))
+    await gateway.post("/v1/chat/completions", chat("cached"))
+    own = {**chat("own label"), "metadata": {"task": "other"}}
+    lines = [("hit", chat("cached")), ("miss", chat("fresh")), ("own", own)]
+    batch = await submit(client(gateway.url), lines, **{"X-Task": "qa/judge"})
+    provider.advance(provider.validate_s + provider.run_s)
+    assert (await client(gateway.url).batches.retrieve(batch.id)).status == "completed"
+
+    labelled = {
+        r["served"] + ":" + str(r["task"]) for r in records(gateway.cache_dir) if r["served"] != "miss"
+    }
+    assert labelled == {"hit:qa/judge", "batch:qa/judge", "batch:other"}
+    groups = build_report(gateway.cache_dir, "default", "task").as_dict()["groups"]
+    assert {g["name"]: g["requests"] for g in groups}["qa/judge"] == 2
 
 
 async def test_misses_are_split_by_the_providers_line_and_byte_limits(

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from cache.records import read_records, shard_paths
 from cache.runs import run_dir
 from tests.processes import until
 from tests.scorer_fixtures import StoppableGateway, metric_values, read_results, scorer, stoppable_gateway
@@ -48,3 +49,6 @@ async def test_a_batch_run_returns_submitted_then_scores_like_a_plain_run(
     assert metric_values(batched) == metric_values(
         read_results(run_dir(stoppable.cache_dir, "plain") / "scorer" / "results.json")
     )
+    # The batch's lines are recorded under the round's label, as the plain run's requests are.
+    records = read_records(shard_paths(run_dir(stoppable.cache_dir, "batched")), resolve_refs=False)
+    assert {r.get("task") for r in records if r.get("endpoint") == "/v1/completions"} == {"capitals"}

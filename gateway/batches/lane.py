@@ -42,6 +42,7 @@ from gateway.batches.local import answer_locally
 from gateway.batches.upstream import BatchClient, BatchUpstreamError
 from gateway.config import GatewayConfig, ModelConfig
 from gateway.errors import GatewayError, bad_request
+from gateway.handlers import task_of
 from gateway.pipeline import Answer, Call, Pipeline
 from gateway.pricing import is_local
 
@@ -121,11 +122,13 @@ class BatchLane:
         completion_window: str = "24h",
         metadata: dict[str, Any] | None = None,
         pinned_sample: int | None = None,
+        task: str | None = None,
     ) -> BatchJob:
         """A new job over the uploaded ``input_file_id``: its hits answered now, its misses on their way.
 
         ``allow`` raises (a 403) for a model the caller may not use; ``pinned_sample``
-        names the sample every sampling line is (as ``X-Sample-Index`` does online).
+        names the sample every sampling line is (as ``X-Sample-Index`` does online);
+        ``task`` labels every line that does not name its own (as ``X-Task`` does online).
         """
         meta = self.files.get(input_file_id)
         if meta is None or meta.get("run_id") != run_id:
@@ -160,7 +163,7 @@ class BatchLane:
                     "model_not_found",
                 )
             allow(model.name)
-            call = await self._new_call(run_id, endpoint, model, body, pinned_sample)
+            call = await self._new_call(run_id, endpoint, model, body, pinned_sample, task)
             if call.key not in job.requests:
                 cached = await self.pipeline.index.aget(call.key) or self.pipeline.index.recent(call.key)
                 if cached is not None:
@@ -191,16 +194,20 @@ class BatchLane:
         return self.journal.load(job.id) or job
 
     async def _new_call(
-        self, run_id: str, endpoint: str, model: ModelConfig, body: dict[str, Any], pinned: int | None
+        self,
+        run_id: str,
+        endpoint: str,
+        model: ModelConfig,
+        body: dict[str, Any],
+        pinned: int | None,
+        batch_task: str | None,
     ) -> Call:
         """The online call a line stands for: the same key, the next sample of a sampling request."""
         try:
             key = request_key(endpoint, model.key_namespace, body, None)
         except TypeError as exc:
             raise bad_request(f"a batch line cannot be encoded: {exc}", "invalid_number") from exc
-        metadata = body.get("metadata")
-        task = metadata.get("task") if isinstance(metadata, dict) else None
-        call = Call(run_id, endpoint, model, body, key, task=task if isinstance(task, str) else None)
+        call = Call(run_id, endpoint, model, body, key, task=task_of(body) or batch_task)
         return await self.pipeline.sample(call, pinned) if is_sampled(endpoint, body) else call
 
     def _call(self, job: BatchJob, request: Request) -> Call:

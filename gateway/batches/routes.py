@@ -12,7 +12,7 @@ from gateway.batches.lane import BatchLane
 from gateway.batches.lines import refuse_unbatched
 from gateway.endpoints import Endpoint, validate_body
 from gateway.errors import GatewayError, bad_request
-from gateway.handlers import JSON, Handlers, read_json, run_of, sample_index
+from gateway.handlers import JSON, Handlers, read_json, run_of, sample_index, task_of
 
 
 def _json(data: Any) -> web.Response:
@@ -114,6 +114,7 @@ class BatchRoutes:
             body.get("completion_window") or "24h",
             body.get("metadata"),
             sample_index(request.headers.get("X-Sample-Index")),  # one sample index for every line
+            request.headers.get("X-Task") or task_of(body),  # one label for every line without its own
         )
         return _json(job.as_batch())
 
