@@ -217,6 +217,17 @@ def redis_calls(redis_server: RedisServer, command: str) -> int:
     return 0
 
 
+async def holder_and_waiter(
+    session: aiohttp.ClientSession, standin: StandInProcess, fleet: list[GatewayProcess], prompt: str
+) -> tuple[asyncio.Future[tuple[int, str, bytes]], asyncio.Future[tuple[int, str, bytes]]]:
+    """``prompt`` asked of replica 0 (held upstream), then of replica 1 once it waits for replica 0."""
+    held = asyncio.ensure_future(ask(session, fleet[0].url, prompt))
+    await _until_in_flight(session, standin, 1)
+    follower = asyncio.ensure_future(ask(session, fleet[1].url, prompt))
+    await _until_a_replica_waits(session, fleet[1:])
+    return held, follower
+
+
 async def test_a_waiter_on_another_replica_is_woken_by_the_holders_store_not_by_polling(
     tmp_path: Path,
     standin: StandInProcess,
@@ -229,10 +240,7 @@ async def test_a_waiter_on_another_replica_is_woken_by_the_holders_store_not_by_
     waiter answers at once."""
     fleet = await start_fleet(tmp_path, standin, redis_url, session, replicas=2, state_timing=ANNOUNCED_ONLY)
     try:
-        held = asyncio.ensure_future(ask(session, fleet[0].url, "hold: announced"))
-        await _until_in_flight(session, standin, 1)
-        follower = asyncio.ensure_future(ask(session, fleet[1].url, "hold: announced"))
-        await _until_a_replica_waits(session, fleet[1:])
+        held, follower = await holder_and_waiter(session, standin, fleet, "hold: announced")
         renewed = redis_calls(redis_server, "eval")  # the holder renews its lease (an EVAL) every lease_s / 3
 
         async def past_lease_s() -> bool:
@@ -256,10 +264,7 @@ async def test_a_waiter_is_woken_at_once_when_the_holder_gives_up(
     30 s apart) claims the key and tries itself at once, rather than after its next look."""
     fleet = await start_fleet(tmp_path, standin, redis_url, session, replicas=2, state_timing=ANNOUNCED_ONLY)
     try:
-        held = asyncio.ensure_future(ask(session, fleet[0].url, "hold: given up"))
-        await _until_in_flight(session, standin, 1)
-        follower = asyncio.ensure_future(ask(session, fleet[1].url, "hold: given up"))
-        await _until_a_replica_waits(session, fleet[1:])
+        held, follower = await holder_and_waiter(session, standin, fleet, "hold: given up")
         standin.stop()
         assert (await held)[0] >= 500
         status, served, _ = await asyncio.wait_for(follower, WOKEN_WITHIN_S)
@@ -292,10 +297,7 @@ async def test_after_redis_comes_back_each_replica_subscribes_again_and_its_wait
         redis_server.start()
         for replica in fleet:
             await _until_subscribed(session, replica)
-        held = asyncio.ensure_future(ask(session, fleet[0].url, "hold: after the outage"))
-        await _until_in_flight(session, standin, 1)
-        follower = asyncio.ensure_future(ask(session, fleet[1].url, "hold: after the outage"))
-        await _until_a_replica_waits(session, fleet[1:])
+        held, follower = await holder_and_waiter(session, standin, fleet, "hold: after the outage")
         await standin.release(session)
         assert (await held)[:2] == (200, "miss")
         status, served, _ = await asyncio.wait_for(follower, WOKEN_WITHIN_S)
