@@ -98,6 +98,12 @@ class StoppableGateway:
             await self.relay.stop()
 
 
+async def scorer_run(gateway: StoppableGateway, run_id: str, *args: str, timeout_s: float = 120) -> Outcome:
+    """``scorer run ARGS`` (the tasks first) under ``run_id``, through ``gateway``, in its cache dir."""
+    common = ["--gateway", gateway.url, "--run-id", run_id, "--cache-dir", str(gateway.cache_dir)]
+    return await scorer("run", *args, *common, timeout_s=timeout_s)
+
+
 @asynccontextmanager
 async def stoppable_gateway(vllm: VLLMServer, tmp_path: Path) -> AsyncIterator[StoppableGateway]:
     """A gateway over a counting relay over the real model, with its own cache dir (use in a fixture)."""

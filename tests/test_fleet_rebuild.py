@@ -6,7 +6,7 @@ from pathlib import Path
 
 import orjson
 import redis
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 
 from cache.index import ResponseIndex
 from cache.runs import run_dir
@@ -87,14 +87,19 @@ def test_rebuild_with_a_redis_config_fills_redis_with_every_entry_the_local_inde
     assert orjson.loads(shared["k7"]) == {"text": "b7"}
 
 
+def rebuild(store: Path, state_url: str) -> Result:
+    """``gateway cache rebuild --cache-dir STORE --state-url URL``, as a user runs it."""
+    return CliRunner().invoke(
+        gateway_cli, ["cache", "rebuild", "--cache-dir", str(store), "--state-url", state_url]
+    )
+
+
 def test_rebuild_with_state_url_fills_that_redis_under_the_default_prefix(
     tmp_path: Path, redis_url: str
 ) -> None:
     store = tmp_path / "store"
     two_runs_three_shards(store)
-    result = CliRunner().invoke(
-        gateway_cli, ["cache", "rebuild", "--cache-dir", str(store), "--state-url", redis_url]
-    )
+    result = rebuild(store, redis_url)
     assert result.exit_code == 0, result.output
     assert set(redis_entries(redis_url, "rg:")) == {f"k{i}" for i in range(10)}
 
@@ -106,9 +111,7 @@ def test_rebuild_sends_bodies_to_redis_in_bounded_batches(tmp_path: Path, redis_
         store, "r", "100-pod-a-1.jsonl", [answer(f"big{i}", big + str(i), float(i)) for i in range(200)]
     )
     write_shard(store, "r", "200-pod-b-1.jsonl", [answer(f"small{i}", str(i), float(i)) for i in range(2500)])
-    result = CliRunner().invoke(
-        gateway_cli, ["cache", "rebuild", "--cache-dir", str(store), "--state-url", redis_url]
-    )
+    result = rebuild(store, redis_url)
     assert result.exit_code == 0, result.output
     assert len(redis_entries(redis_url, "rg:")) == 2700
     # 84 big bodies fill 8 MiB (twice), then 1000 entries a batch (32 big + 968 small, 1000, the last 532).
@@ -118,9 +121,7 @@ def test_rebuild_sends_bodies_to_redis_in_bounded_batches(tmp_path: Path, redis_
 def test_rebuild_fails_loudly_when_the_named_redis_is_out_of_reach(tmp_path: Path) -> None:
     store = tmp_path / "store"
     two_runs_three_shards(store)
-    result = CliRunner().invoke(
-        gateway_cli, ["cache", "rebuild", "--cache-dir", str(store), "--state-url", "redis://127.0.0.1:9/0"]
-    )
+    result = rebuild(store, "redis://127.0.0.1:9/0")
     assert result.exit_code != 0
     assert "cannot fill redis's index" in result.output
 
@@ -130,9 +131,7 @@ async def test_a_replica_with_an_empty_store_answers_from_the_index_the_rebuild_
 ) -> None:
     store = tmp_path / "store"
     two_runs_three_shards(store)
-    result = CliRunner().invoke(
-        gateway_cli, ["cache", "rebuild", "--cache-dir", str(store), "--state-url", redis_url]
-    )
+    result = rebuild(store, redis_url)
     assert result.exit_code == 0, result.output
     state = RedisState(StateConfig(backend="redis", url=redis_url))
     await state.start()

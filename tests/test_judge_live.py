@@ -21,7 +21,14 @@ from cache.records import read_records, shard_paths
 from cache.runs import run_dir
 from gateway.report import build_report
 from scorer.tasks import BUILTIN_DIR
-from tests.scorer_fixtures import StoppableGateway, metric_values, read_results, scorer, stoppable_gateway
+from tests.scorer_fixtures import (
+    StoppableGateway,
+    metric_values,
+    read_results,
+    scorer,
+    scorer_run,
+    stoppable_gateway,
+)
 from tests.upstreams import VLLMServer
 
 CHAT = "/v1/chat/completions"
@@ -47,23 +54,10 @@ def small_task(folder: Path, name: str, prompt_suffix: str = "") -> Path:
     return path
 
 
-async def scorer_run(gateway: StoppableGateway, tasks: list[Path], run_id: str, *extra: str) -> str:
-    outcome = await scorer(
-        "run",
-        ",".join(str(t) for t in tasks),
-        "--model",
-        "smollm2",
-        "--limit",
-        str(LIMIT),
-        "--gateway",
-        gateway.url,
-        "--run-id",
-        run_id,
-        "--cache-dir",
-        str(gateway.cache_dir),
-        *extra,
-        timeout_s=600,
-    )
+async def run_judged(gateway: StoppableGateway, tasks: list[Path], run_id: str, *extra: str) -> str:
+    tasks_arg = ",".join(str(t) for t in tasks)
+    args = [tasks_arg, "--model", "smollm2", "--limit", str(LIMIT), *extra]
+    outcome = await scorer_run(gateway, run_id, *args, timeout_s=600)
     assert outcome.code == 0, outcome.stderr[-3000:]
     return outcome.stderr
 
@@ -77,7 +71,7 @@ async def test_judged_tasks_run_end_to_end_and_rescore_identically_with_everythi
     stoppable: StoppableGateway, tmp_path: Path
 ) -> None:
     tasks = [small_task(tmp_path / "tasks", "mtbench_mini"), small_task(tmp_path / "tasks", "alpaca_mini")]
-    await scorer_run(stoppable, tasks, "judged")
+    await run_judged(stoppable, tasks, "judged")
 
     # mtbench: 2 documents x 2 turns, each turn judged once; alpaca: 2 answers, each judged in 2 orders
     assert stoppable.relay.calls[CHAT] == (2 * 2 + 2 * 2) + (2 + 2 * 2)
@@ -117,14 +111,14 @@ async def test_judge_only_with_a_changed_prompt_sends_one_judge_call_per_answer_
     stoppable: StoppableGateway, tmp_path: Path
 ) -> None:
     first = [small_task(tmp_path / "a", "mtbench_mini"), small_task(tmp_path / "a", "alpaca_mini")]
-    await scorer_run(stoppable, first, "rejudged")
+    await run_judged(stoppable, first, "rejudged")
     before_calls, before_labels = Counter(stoppable.relay.calls), labels(stoppable, "rejudged")
 
     changed = [
         small_task(tmp_path / "b", "mtbench_mini", "\nBe strict."),
         small_task(tmp_path / "b", "alpaca_mini", "\nBe strict."),
     ]
-    stderr = await scorer_run(stoppable, changed, "rejudged", "--judge-only")
+    stderr = await run_judged(stoppable, changed, "rejudged", "--judge-only")
 
     sent = Counter(stoppable.relay.calls)
     sent.subtract(before_calls)
@@ -147,15 +141,15 @@ async def test_predict_only_sends_no_judge_call_and_judge_against_compares_two_r
     stoppable: StoppableGateway, tmp_path: Path
 ) -> None:
     task = [small_task(tmp_path / "t", "alpaca_mini")]
-    stderr = await scorer_run(stoppable, task, "base", "--predict-only")
+    stderr = await run_judged(stoppable, task, "base", "--predict-only")
     assert "judge round not sent for alpaca_mini" in stderr
-    await scorer_run(stoppable, task, "short", "--predict-only", "--gen-kwargs", "max_gen_toks=12")
+    await run_judged(stoppable, task, "short", "--predict-only", "--gen-kwargs", "max_gen_toks=12")
     assert labels(stoppable, "base") == {"alpaca_mini": 2} and labels(stoppable, "short") == {
         "alpaca_mini": 2
     }
     before = Counter(stoppable.relay.calls)
 
-    await scorer_run(stoppable, task, "short", "--judge-only", "--judge-against", "base")
+    await run_judged(stoppable, task, "short", "--judge-only", "--judge-against", "base")
 
     sent = Counter(stoppable.relay.calls)
     sent.subtract(before)

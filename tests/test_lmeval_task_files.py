@@ -32,10 +32,10 @@ import pytest
 from scorer.rounds import eval_prompts
 from scorer.runner import _with_fewshot, gather_documents
 from scorer.tasks import load_task_file
-from tests.scorer_fixtures import StoppableGateway, scorer, stoppable_gateway
+from tests.scorer_fixtures import StoppableGateway, scorer, scorer_run, stoppable_gateway
 from tests.test_fewshot_parity import DUMPER, SEED, _write_jsonl
 from tests.test_lmeval import offline_env
-from tests.test_scorer_parity import lm_eval, values_and_stderrs
+from tests.test_scorer_parity import lm_eval, lmeval_args, values_and_stderrs
 from tests.upstreams import VLLMServer
 
 pytestmark = pytest.mark.lmeval
@@ -287,21 +287,7 @@ async def test_after_lm_eval_runs_its_own_task_files_scorer_sends_nothing_and_sc
     assert calls["/v1/completions"] > 0
 
     common = ["--cache-dir", str(stoppable.cache_dir), "--json"]
-    ran = await scorer(
-        "run",
-        ",".join(LIVE),
-        "--include-path",
-        str(task_dir),
-        "--model",
-        "smollm2",
-        "--gateway",
-        stoppable.url,
-        "--run-id",
-        "lmeval-files",
-        "--lmeval-mode",
-        "concurrent",
-        *common,
-    )
+    ran = await scorer_run(stoppable, "lmeval-files", ",".join(LIVE), *lmeval_args("concurrent", task_dir))
     assert ran.code == 0, ran.stderr[-3000:]
     assert Counter(stoppable.relay.calls) == calls, "the scorer reached the upstream: a request differed"
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.scorer_fixtures import StoppableGateway, metric_values, scorer, stoppable_gateway
+from tests.scorer_fixtures import StoppableGateway, metric_values, scorer_run, stoppable_gateway
 from tests.test_lmeval import RUNNER, TASK_DIR, TASKS, offline_env
 from tests.upstreams import VLLMServer
 
@@ -27,6 +27,11 @@ pytestmark = pytest.mark.lmeval
 async def stoppable(vllm: VLLMServer, tmp_path: Path) -> AsyncIterator[StoppableGateway]:
     async with stoppable_gateway(vllm, tmp_path) as gateway:
         yield gateway
+
+
+def lmeval_args(mode: str, task_dir: Path = TASK_DIR) -> list[str]:
+    """The scorer's flags for the lm-eval tasks in ``task_dir``, matching lm-eval's ``mode``; JSON out."""
+    return ["--include-path", str(task_dir), "--model", "smollm2", "--lmeval-mode", mode, "--json"]
 
 
 # Few-shot variants: 3 examples from a train split (default sampler), 2 from the evaluated split
@@ -70,23 +75,7 @@ async def test_scorer_and_lm_eval_score_the_same_cached_responses_identically(
     calls = Counter(stoppable.relay.calls)
     assert calls["/v1/completions"] > 0
 
-    ours = await scorer(
-        "run",
-        ",".join(TASKS),
-        "--include-path",
-        str(TASK_DIR),
-        "--model",
-        "smollm2",
-        "--gateway",
-        stoppable.url,
-        "--run-id",
-        "parity",
-        "--cache-dir",
-        str(stoppable.cache_dir),
-        "--lmeval-mode",
-        "concurrent",
-        "--json",
-    )
+    ours = await scorer_run(stoppable, "parity", ",".join(TASKS), *lmeval_args("concurrent"))
 
     assert ours.code == 0, ours.stderr[-3000:]
     assert stoppable.relay.calls["/v1/completions"] == calls["/v1/completions"], (
@@ -109,23 +98,7 @@ async def test_after_lm_eval_few_shot_scorer_run_sends_nothing_upstream_and_scor
     calls = Counter(stoppable.relay.calls)
     assert calls["/v1/completions"] > 0
 
-    ours = await scorer(
-        "run",
-        ",".join(FEWSHOT_TASKS),
-        "--include-path",
-        str(TASK_DIR),
-        "--model",
-        "smollm2",
-        "--gateway",
-        stoppable.url,
-        "--run-id",
-        run_id,
-        "--cache-dir",
-        str(stoppable.cache_dir),
-        "--lmeval-mode",
-        mode,
-        "--json",
-    )
+    ours = await scorer_run(stoppable, run_id, ",".join(FEWSHOT_TASKS), *lmeval_args(mode))
 
     assert ours.code == 0, ours.stderr[-3000:]
     assert Counter(stoppable.relay.calls) == calls, "the scorer reached the upstream: a request differed"
@@ -147,23 +120,7 @@ async def test_a_group_scores_as_lm_evals_group_with_nothing_sent_upstream(
     theirs = await lm_eval(stoppable, "group", tmp_path, ["replaygate_pair"])
     calls = Counter(stoppable.relay.calls)
 
-    ours = await scorer(
-        "run",
-        "replaygate_pair",
-        "--include-path",
-        str(TASK_DIR),
-        "--model",
-        "smollm2",
-        "--gateway",
-        stoppable.url,
-        "--run-id",
-        "group",
-        "--cache-dir",
-        str(stoppable.cache_dir),
-        "--lmeval-mode",
-        "concurrent",
-        "--json",
-    )
+    ours = await scorer_run(stoppable, "group", "replaygate_pair", *lmeval_args("concurrent"))
 
     assert ours.code == 0, ours.stderr[-3000:]
     assert Counter(stoppable.relay.calls) == calls, "the scorer reached the upstream: a request differed"

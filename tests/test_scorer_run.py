@@ -12,7 +12,14 @@ import pytest
 
 from cache.records import read_records, shard_paths
 from cache.runs import run_dir
-from tests.scorer_fixtures import StoppableGateway, metric_values, read_results, scorer, stoppable_gateway
+from tests.scorer_fixtures import (
+    StoppableGateway,
+    metric_values,
+    read_results,
+    scorer,
+    scorer_run,
+    stoppable_gateway,
+)
 from tests.upstreams import VLLMServer
 
 
@@ -30,17 +37,7 @@ def scorer_dir(gateway: StoppableGateway, run_id: str) -> Path:
 
 
 async def run(gateway: StoppableGateway, run_id: str, *extra: str) -> None:
-    outcome = await scorer(
-        "run",
-        *DEMO,
-        "--gateway",
-        gateway.url,
-        "--run-id",
-        run_id,
-        "--cache-dir",
-        str(gateway.cache_dir),
-        *extra,
-    )
+    outcome = await scorer_run(gateway, run_id, *DEMO, *extra)
     assert outcome.code == 0, outcome.stderr[-3000:]
 
 
