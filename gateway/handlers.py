@@ -15,7 +15,7 @@ from gateway.config import GatewayConfig, ModelConfig
 from gateway.endpoints import Endpoint, validate_body
 from gateway.errors import GatewayError, bad_request
 from gateway.openapi import openapi as describe
-from gateway.pipeline import Answer, CacheMode, Call, Pipeline
+from gateway.pipeline import Answer, CacheMode, Call, Pipeline, task_of
 from gateway.redaction import Redactor
 
 JSON = "application/json"
@@ -211,13 +211,6 @@ def _model_entry(model: ModelConfig) -> dict[str, Any]:
         "upstream_model": model.target_model,
         "cache_namespace": model.key_namespace,
     }
-
-
-def task_of(body: dict[str, Any] | None) -> str | None:
-    """The task a body names for itself (``metadata.task``), as ``X-Task`` would."""
-    metadata = body.get("metadata") if body else None
-    task = metadata.get("task") if isinstance(metadata, dict) else None
-    return task if isinstance(task, str) else None
 
 
 def run_of(request: web.Request) -> str:

@@ -52,6 +52,13 @@ USAGE_ON_REQUEST = frozenset({"/v1/completions", "/v1/chat/completions"})
 T = TypeVar("T")
 
 
+def task_of(body: dict[str, Any] | None) -> str | None:
+    """The task a body names for itself (``metadata.task``), as ``X-Task`` would."""
+    metadata = body.get("metadata") if body else None
+    task = metadata.get("task") if isinstance(metadata, dict) else None
+    return task if isinstance(task, str) else None
+
+
 @dataclass(frozen=True)
 class Call:
     """One client request, resolved: which run, endpoint, model and cache key."""

@@ -42,8 +42,7 @@ from gateway.batches.local import answer_locally
 from gateway.batches.upstream import BatchClient, BatchUpstreamError
 from gateway.config import GatewayConfig, ModelConfig
 from gateway.errors import GatewayError, bad_request
-from gateway.handlers import task_of
-from gateway.pipeline import Answer, Call, Pipeline
+from gateway.pipeline import Answer, Call, Pipeline, task_of
 from gateway.pricing import is_local
 
 log = logging.getLogger("gateway.batches")

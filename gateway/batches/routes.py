@@ -12,7 +12,8 @@ from gateway.batches.lane import BatchLane
 from gateway.batches.lines import refuse_unbatched
 from gateway.endpoints import Endpoint, validate_body
 from gateway.errors import GatewayError, bad_request
-from gateway.handlers import JSON, Handlers, read_json, run_of, sample_index, task_of
+from gateway.handlers import JSON, Handlers, read_json, run_of, sample_index
+from gateway.pipeline import task_of
 
 
 def _json(data: Any) -> web.Response:
