@@ -138,12 +138,18 @@ class GatewayProcess:
             self.process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=log, preexec_fn=preexec_fn)
 
     async def wait_healthy(self, session: aiohttp.ClientSession, deadline_s: float = 30) -> None:
-        """Wait until ``/healthz`` answers 200 (the only readiness signal a server gives)."""
+        """Wait until this process says it serves and ``/healthz`` answers 200 (the only readiness signal).
+
+        Its own "serving" line first: a port from :func:`free_port` may have been taken meanwhile by
+        another process (another suite on the machine), whose ``/healthz`` would answer for it.
+        """
 
         async def healthy() -> bool:
             assert self.process is not None and self.process.poll() is None, (
                 f"gateway exited early:\n{self.log_tail()}"
             )
+            if not self.log.exists() or b"gateway: serving" not in self.log.read_bytes():
+                return False
             try:
                 async with session.get(self.url + "/healthz", timeout=aiohttp.ClientTimeout(total=2)) as r:
                     return r.status == 200
